@@ -200,6 +200,19 @@ class NoiseSchedule:
         """The signal-to-noise ratio in decibels, 10·log10(SNR)."""
         return 10 * torch.log10(self.snr(t))
 
+    def ideal_observer_accuracy(self, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+        """How often a perfect observer tells x_a from x_b after noising, for every t: shape (T,).
+
+        The observer knows both candidates and picks the one whose √ᾱ_t-scaled
+        copy is nearer to x_t. With Gaussian noise its accuracy is
+        Φ(√ᾱ_t · ‖x_a − x_b‖ / (2 √(1 − ᾱ_t))), falling to 1/2 (a coin toss).
+        """
+        _check_pair(x_a, x_b)
+        distance = (x_a.double() - x_b.double()).norm()
+        ab = self._alphas_cumprod.double()
+        z = ab.sqrt() * distance / (2 * (1 - ab).sqrt())
+        return (0.5 * (1 + torch.erf(z / math.sqrt(2)))).float()
+
 
 def _check_pair(x0: torch.Tensor, noise: torch.Tensor) -> None:
     """Reject inputs that add_noise cannot combine, naming the argument at fault."""

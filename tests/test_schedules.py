@@ -182,3 +182,20 @@ def test_nan_and_integer_images_are_rejected(x0):
         NoiseSchedule("linear").add_noise(bad, torch.randn_like(x0), 5)
     with pytest.raises(TypeError, match="x0 must be a floating-point tensor; got dtype torch.uint8"):
         NoiseSchedule("linear").add_noise(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.randn(1, 3, 4, 4), 5)
+
+
+def test_ideal_observer_accuracy_matches_simulation():
+    schedule = NoiseSchedule("linear")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 8, 8, generator=g) * 2 - 1
+    b = a.flip(-1)
+    theory = schedule.ideal_observer_accuracy(a, b)
+    assert theory[0] > 0.999 and abs(theory[-1].item() - 0.5) < 0.02
+    assert (theory[1:] <= theory[:-1] + 1e-6).all()
+    for t in (400, 600, 800):
+        n = 4000
+        noise = torch.randn(n, *a.shape, generator=g)
+        x_t = schedule.add_noise(a.expand(n, -1, -1, -1), noise, t)
+        s = schedule.alphas_cumprod[t].sqrt()
+        nearer_a = ((x_t - s * a).flatten(1).norm(dim=1) < (x_t - s * b).flatten(1).norm(dim=1)).float().mean()
+        assert abs(nearer_a.item() - theory[t].item()) < 0.03
