@@ -1,0 +1,255 @@
+"""Figures for the course: image grids, noise schedules and the forward process.
+
+Every function returns its matplotlib ``Figure`` and never calls ``plt.show()``;
+in a notebook the figure appears at the end of the cell. Figures are sized for
+a book page about 10 inches wide. Images are tensors in [-1, 1] (see
+``sdlab.images``); PIL images and numpy arrays are converted with ``to_tensor``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from sdlab.images import to_numpy_image
+from sdlab.schedules import NoiseSchedule
+
+__all__ = ["BOOK_WIDTH", "CellFigure", "show_images", "plot_schedules", "plot_noising_grid", "imshow"]
+
+BOOK_WIDTH = 10.0  # inches: the width a figure is drawn for
+_COLORS = {"linear": "tab:blue", "cosine": "tab:orange", "scaled_linear": "tab:green"}
+
+
+class CellFigure(Figure):
+    """A pyplot Figure that a notebook shows once, whether or not it is the cell's last value.
+
+    pyplot's inline backend shows every open figure when a cell ends; a figure that is also the
+    cell's result would appear twice. Being displayed removes this one from pyplot, so it does not.
+    """
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> None:
+        if "inline" in matplotlib.get_backend():
+            plt.close(self)  # the display formatter draws it next; pyplot will not draw it again
+        return None  # IPython's image/png formatter for Figure does the drawing
+
+
+def _subplots(nrows: int, ncols: int, *, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """plt.subplots with a CellFigure, constrained layout and a 2-D array of Axes."""
+    return plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, layout="constrained", FigureClass=CellFigure)
+
+
+def imshow(ax: Axes, image: Any, *, title: str | None = None, cmap: str = "gray", name: str = "image") -> None:
+    """Draw one image on ``ax`` with its axes hidden: values in [0, 1], grayscale through ``cmap``.
+
+    Args:
+        ax: the matplotlib Axes to draw on.
+        image: (C, H, W) or (1, C, H, W) tensor in [-1, 1], a PIL image, or a numpy array (see ``to_tensor``).
+        title: text above the image.
+        cmap: colour map for one-channel images.
+        name: the argument name used in error messages.
+    """
+    pixels = to_numpy_image(image, name=name)
+    ax.imshow(pixels, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title, fontsize=10)
+
+
+def _image_list(images: Any) -> list[Any]:
+    """Split ``images`` into a list of single images, rejecting containers show_images cannot read."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            return [images]
+        if images.dim() == 4:
+            return list(images)
+        raise ValueError(f"images must be a (B, C, H, W) or (C, H, W) tensor; got shape {tuple(images.shape)}")
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("images is empty; pass at least one image")
+        return list(images)
+    raise TypeError(
+        "images must be a (B, C, H, W) tensor or a list of (C, H, W) tensors / PIL images / numpy arrays; "
+        f"got {type(images).__name__}"
+    )
+
+
+def _check_titles(titles: Sequence[str] | None, count: int, *, name: str = "titles") -> list[str | None]:
+    """Return one title per image (None where there is none), checking the count."""
+    if titles is None:
+        return [None] * count
+    if isinstance(titles, str) or not isinstance(titles, Sequence):
+        raise TypeError(f"{name} must be a list of strings, one per image; got {type(titles).__name__}")
+    if len(titles) != count:
+        raise ValueError(f"{name} has {len(titles)} entries but there are {count} images")
+    return [str(t) for t in titles]
+
+
+def show_images(
+    images: Any,
+    *,
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    size: float = 2.0,
+    suptitle: str | None = None,
+    cmap: str = "gray",
+) -> Figure:
+    """Show images in a grid, each with an optional title above it.
+
+    Args:
+        images: a (B, C, H, W) tensor in [-1, 1], one (C, H, W) tensor, or a list of
+            (C, H, W) tensors / PIL images / numpy arrays (C = 1 or 3).
+        titles: one title per image.
+        ncols: images per row; default: as many as fit a 10-inch page at ``size`` inches each.
+        size: width and height of each image in inches.
+        suptitle: a title over the whole grid.
+        cmap: colour map for one-channel images.
+
+    Returns:
+        The figure, with one Axes per image.
+    """
+    items = _image_list(images)
+    labels = _check_titles(titles, len(items))
+    if not isinstance(size, (int, float)) or isinstance(size, bool) or not 0 < size <= BOOK_WIDTH:
+        raise ValueError(f"size must be a number of inches in (0, {BOOK_WIDTH}]; got {size!r}")
+    if ncols is None:
+        ncols = min(len(items), max(1, int(BOOK_WIDTH // size)))
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int or None; got {ncols!r}")
+    ncols = min(ncols, len(items))
+    nrows = math.ceil(len(items) / ncols)
+    title_room = 0.3 if titles is not None else 0.0
+    fig, axes = _subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + title_room) + (0.4 if suptitle else 0)))
+    for i, ax in enumerate(axes.flat):
+        if i < len(items):
+            imshow(ax, items[i], title=labels[i], cmap=cmap, name=f"images[{i}]")
+        else:
+            fig.delaxes(ax)  # leave no empty frames in a partial last row
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=12)
+    return fig
+
+
+def _schedule_list(schedules: Any, name: str = "schedules") -> list[NoiseSchedule]:
+    """Accept one NoiseSchedule or a non-empty sequence of them."""
+    if isinstance(schedules, NoiseSchedule):
+        return [schedules]
+    if isinstance(schedules, Sequence) and not isinstance(schedules, str) and schedules:
+        bad = [type(s).__name__ for s in schedules if not isinstance(s, NoiseSchedule)]
+        if not bad:
+            return list(schedules)
+        got = f"a list holding {', '.join(sorted(set(bad)))}"
+    else:
+        got = repr(schedules) if isinstance(schedules, (Sequence, str)) else type(schedules).__name__
+    raise TypeError(f"{name} must be a NoiseSchedule or a non-empty list of them; got {got}")
+
+
+def plot_schedules(
+    schedules: NoiseSchedule | Sequence[NoiseSchedule],
+    *,
+    ax: Sequence[Axes] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Plot ᾱ_t and the signal-to-noise ratio SNR(t) = ᾱ_t / (1 − ᾱ_t) in dB, one line per schedule.
+
+    Args:
+        schedules: one NoiseSchedule or a list of them.
+        ax: two Axes (a list or array) to draw into: ᾱ panel, SNR panel; default: a new 10 × 3.6 inch figure.
+        title: a title over both panels.
+
+    Returns:
+        The figure holding the two panels.
+    """
+    items = _schedule_list(schedules)
+    given = list(np.ravel(ax)) if isinstance(ax, (Sequence, np.ndarray)) and not isinstance(ax, str) else None
+    if ax is None:
+        fig, axes = _subplots(1, 2, figsize=(BOOK_WIDTH, 3.6))
+        ax_ab, ax_snr = axes[0]
+    elif given is not None and len(given) == 2 and all(isinstance(a, Axes) for a in given):
+        ax_ab, ax_snr = given
+        fig = ax_ab.figure
+    else:
+        raise TypeError(f"ax must be None or two matplotlib Axes (ᾱ panel, SNR panel); got {ax!r}")
+    for schedule in items:
+        t = np.arange(schedule.num_train_timesteps)
+        color = _COLORS.get(schedule.name)
+        ax_ab.plot(t, schedule.alphas_cumprod.numpy(), label=schedule.name, color=color, lw=2)
+        ax_snr.plot(t, schedule.snr_db().numpy(), label=schedule.name, color=color, lw=2)
+    ax_snr.axhline(0.0, color="0.3", ls="--", lw=1, label="signal = noise")
+    ax_ab.set(xlabel="timestep t", ylabel="fraction of signal variance kept", ylim=(-0.02, 1.02))
+    ax_ab.set_title(r"$\bar{\alpha}_t$", fontsize=12)
+    ax_snr.set(xlabel="timestep t", ylabel="SNR (dB)")
+    ax_snr.set_title(r"signal-to-noise ratio  $\bar{\alpha}_t\,/\,(1-\bar{\alpha}_t)$", fontsize=12)
+    for a in (ax_ab, ax_snr):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def _check_x0(x0: Any) -> torch.Tensor:
+    """Return x0 as one image (C, H, W), validating type and shape."""
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor (C, H, W) in [-1, 1]; got {type(x0).__name__}")
+    if x0.dim() == 4 and x0.shape[0] == 1:
+        x0 = x0[0]
+    if x0.dim() != 3 or x0.shape[0] not in (1, 3) or not x0.is_floating_point():
+        raise ValueError(
+            f"x0 must be one float image (C, H, W) or (1, C, H, W) with C = 1 or 3; "
+            f"got shape {tuple(x0.shape)}, dtype {x0.dtype}"
+        )
+    return x0
+
+
+def plot_noising_grid(
+    x0: torch.Tensor,
+    schedules: NoiseSchedule | Sequence[NoiseSchedule],
+    timesteps: Sequence[int] | torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> Figure:
+    """Show x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε (DDPM eq. 4): rows are schedules, columns timesteps.
+
+    One ε is drawn and used in every cell, so the only difference between rows is the schedule.
+
+    Args:
+        x0: the clean image, (C, H, W) or (1, C, H, W) in [-1, 1].
+        schedules: one NoiseSchedule or a list of them (one row each).
+        timesteps: the t of each column, each in [0, T) for every schedule.
+        generator: seeds ε ~ N(0, I); must live on x0's device.
+
+    Returns:
+        The figure, with len(schedules) × len(timesteps) Axes.
+    """
+    x0 = _check_x0(x0)
+    items = _schedule_list(schedules)
+    steps = torch.as_tensor(timesteps) if not isinstance(timesteps, torch.Tensor) else timesteps
+    if steps.dim() != 1 or steps.numel() == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D sequence of ints; got {timesteps!r}")
+    for schedule in items:
+        steps = schedule.check_timesteps(steps, name="timesteps")
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    n = steps.numel()
+    batch_x0 = x0.expand(n, *x0.shape)
+    batch_noise = noise.expand(n, *noise.shape)
+    cell = min(1.5, (BOOK_WIDTH - 1.1) / n)
+    fig, axes = _subplots(len(items), n, figsize=(cell * n + 1.1, cell * len(items) + 0.35))
+    for row, schedule in zip(axes, items):
+        x_t = schedule.add_noise(batch_x0, batch_noise, steps)
+        for col, ax in enumerate(row):
+            imshow(ax, x_t[col])
+        row[0].set_axis_on()  # keep the row label while hiding ticks and frame
+        row[0].set(xticks=[], yticks=[])
+        row[0].spines[:].set_visible(False)
+        row[0].set_ylabel(schedule.name, fontsize=10, rotation=0, ha="right", va="center")
+    for ax, t in zip(axes[0], steps.tolist()):
+        ax.set_title(f"t={t}", fontsize=10)
+    return fig
