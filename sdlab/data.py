@@ -1,0 +1,465 @@
+"""Captioned colour scenes built from animal silhouettes: the course's training data.
+
+The silhouettes are the 10 000 grey 28×28 images of the PyPI package ``animal-mnist``
+(10 animals, 1 000 each). From them the course composes scenes such as
+"a small red cat on the left, blue background": animal × colour × background ×
+size × position, drawn deterministically from a ``torch.Generator``.
+
+- Split: in every class the first 900 silhouettes are ``"train"``, the last 100
+  ``"test"``, so evaluation never sees a training silhouette.
+- Mask: a pixel belongs to the animal when its grey value is > 40 (of 255) or it
+  lies in a hole enclosed by such pixels; the mask is cropped to its bounding
+  square and resized to the scene's size with area averaging (anti-aliased edges).
+- Sizes are fractions of the resolution (small 7/16, large 11/16); positions
+  put the animal's square at the left edge, the centre or the right edge, with
+  up to R/16 pixels of seeded jitter.
+- Held-out combinations (``HELD_OUT``, one colour per animal) are never drawn
+  with ``held_out="exclude"`` (for training) and only drawn with ``"only"``
+  (to test generalisation to unseen combinations).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import math
+import numbers
+import pickle
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, Sequence, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ANIMALS", "COLOURS", "COLOUR_RGB", "SIZES", "SIZE_FRACTIONS", "POSITIONS", "HELD_OUT",
+    "TRAIN_PER_CLASS", "TEST_PER_CLASS", "SceneSpec", "SceneBatch", "load_silhouettes",
+    "make_scenes", "render_scenes", "make_silhouette_batch", "benchmark_scenes",
+]
+
+Animal = Literal["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+Colour = Literal["red", "orange", "yellow", "green", "blue", "purple", "white", "black"]
+Size = Literal["small", "large"]
+Position = Literal["left", "centre", "right"]
+Split = Literal["train", "test"]
+Resolution = Literal[32, 64]
+HeldOut = Literal["exclude", "only", "include"]
+
+ANIMALS: tuple[str, ...] = get_args(Animal)  # label i of animal-mnist is ANIMALS[i]
+COLOURS: tuple[str, ...] = get_args(Colour)
+COLOUR_RGB = MappingProxyType({
+    "red": (230, 25, 25), "orange": (245, 130, 20), "yellow": (250, 220, 30), "green": (40, 170, 60),
+    "blue": (40, 90, 230), "purple": (150, 50, 190), "white": (245, 245, 245), "black": (15, 15, 15),
+})
+SIZES: tuple[str, ...] = get_args(Size)
+SIZE_FRACTIONS = MappingProxyType({"small": 7 / 16, "large": 11 / 16})  # side of the animal's square / R
+POSITIONS: tuple[str, ...] = get_args(Position)
+# (animal, colour) pairs kept out of training: every animal and every colour still appears.
+HELD_OUT: tuple[tuple[str, str], ...] = (
+    ("bear", "green"), ("bird", "white"), ("cat", "blue"), ("cow", "orange"), ("dog", "yellow"),
+    ("elephant", "red"), ("giraffe", "purple"), ("horse", "black"), ("sheep", "blue"), ("zebra", "orange"),
+)
+PER_CLASS, TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 900, 100
+_PACKAGE = "animal_mnist"
+_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
+_PIP_HINT = "pip install --no-deps animal-mnist==0.4"
+_MASK_THRESHOLD = 40  # grey value (of 255) above which a pixel is part of the animal
+_WHERE = {"left": "on the left", "centre": "in the centre", "right": "on the right"}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _data_dir() -> Path:
+    """Folder of the animal-mnist data files, found without importing the package."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"the silhouettes come from the PyPI package animal-mnist; install it with: {_PIP_HINT}")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
+    missing = [name for name in _FILES if not (folder / name).is_file()]
+    if missing:
+        raise ImportError(f"animal-mnist is installed without its data files {missing}; reinstall: {_PIP_HINT}")
+    return folder
+
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's ndarray reconstructor, whatever numpy calls it
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild plain numpy arrays and refuses every other global."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are expected")
+        return self._ALLOWED[(module, name)]
+
+
+@functools.lru_cache(maxsize=1)
+def _raw() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 10 000 silhouettes (10000, 28, 28) uint8 and labels (10000,) int64, sorted by class."""
+    folder = _data_dir()
+    arrays = []
+    for name in _FILES:
+        # The file comes from the pinned PyPI package animal-mnist==0.4; the restricted
+        # unpickler rebuilds only numpy arrays, so unpickling cannot run any other code.
+        with gzip.open(folder / name, "rb") as f:
+            arrays.append(_ArrayUnpickler(f).load())
+    images, labels = arrays
+    expected = np.repeat(np.arange(len(ANIMALS)), PER_CLASS)
+    if images.shape != (len(expected), 28, 28) or images.dtype != np.uint8 or not np.array_equal(labels, expected):
+        raise RuntimeError(f"unexpected animal-mnist data (shape {images.shape}); this code expects {_PIP_HINT}")
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64))
+
+
+def _split_range(split: str) -> tuple[int, int]:
+    """(offset, count) of a split's silhouettes inside each class block."""
+    _check_choice("split", split, get_args(Split))
+    return (0, TRAIN_PER_CLASS) if split == "train" else (TRAIN_PER_CLASS, TEST_PER_CLASS)
+
+
+def load_silhouettes(*, classes: Sequence[str] | str | None = None, split: Split = "train"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the raw animal-mnist silhouettes of some classes and one split.
+
+    Args:
+        classes: animal names from ``ANIMALS`` (default: all ten).
+        split: ``"train"`` (first 900 of each class) or ``"test"`` (last 100).
+
+    Returns:
+        images: (N, 28, 28) uint8 grey values; labels: (N,) int64 indices into ``ANIMALS``.
+    """
+    offset, count = _split_range(split)
+    animals = _check_names("classes", classes, ANIMALS)
+    images, labels = _raw()
+    index = torch.cat([torch.arange(count) + ANIMALS.index(a) * PER_CLASS + offset for a in animals])
+    return images[index], labels[index]
+
+
+# ----------------------------------------------------------------------------- pre-rendered banks
+
+
+@functools.lru_cache(maxsize=1)
+def _masks() -> torch.Tensor:
+    """Silhouette masks (10000, 28, 28) bool: grey > 40, with enclosed holes (dark patches) filled."""
+    body = _raw()[0] > _MASK_THRESHOLD
+    outside = torch.zeros_like(body)
+    outside[:, [0, -1], :] = outside[:, :, [0, -1]] = True
+    outside &= ~body
+    while True:  # flood the background in from the border, 4-connected
+        grown = outside.clone()
+        grown[:, 1:] |= outside[:, :-1]
+        grown[:, :-1] |= outside[:, 1:]
+        grown[:, :, 1:] |= outside[:, :, :-1]
+        grown[:, :, :-1] |= outside[:, :, 1:]
+        grown &= ~body
+        if torch.equal(grown, outside):
+            return ~outside
+        outside = grown
+
+
+@functools.lru_cache(maxsize=8)
+def _sprite_bank(side: int) -> torch.Tensor:
+    """Masks cropped to their bounding square, resized to side×side: (10000, side, side) uint8 alpha."""
+    mask = _masks()
+    ar = torch.arange(28)
+    rows, cols = mask.any(2), mask.any(1)
+    y0, y1 = torch.where(rows, ar, 28).amin(1), torch.where(rows, ar, -1).amax(1) + 1
+    x0, x1 = torch.where(cols, ar, 28).amin(1), torch.where(cols, ar, -1).amax(1) + 1
+    scale = torch.maximum(y1 - y0, x1 - x0).clamp(min=1) / 28
+    theta = torch.zeros(len(mask), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale  # output [-1, 1] -> the bounding square, centred on the box
+    theta[:, 0, 2], theta[:, 1, 2] = (x0 + x1) / 28 - 1, (y0 + y1) / 28 - 1
+    k = max(1, math.ceil(28 / side))  # supersample, then average k×k: at least one sample per source pixel
+    out = []
+    for chunk in torch.arange(len(mask)).split(2000):
+        grid = F.affine_grid(theta[chunk], [len(chunk), 1, k * side, k * side], align_corners=False)
+        alpha = F.grid_sample(mask[chunk, None].float(), grid, align_corners=False)
+        out.append((F.avg_pool2d(alpha, k)[:, 0] * 255).round().to(torch.uint8))
+    return torch.cat(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _frame_bank(resolution: int, kind: str) -> torch.Tensor:
+    """Whole 28×28 frames resized to R×R: grey values or masks, (10000, R, R) uint8."""
+    x = _raw()[0].float() if kind == "grey" else _masks().float() * 255
+    x = F.interpolate(x[:, None], size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return x[:, 0].round().clamp(0, 255).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """One scene: which animal, painted in which colour, on which background, how big and where."""
+
+    animal: Animal
+    colour: Colour
+    background: Colour
+    size: Size = "large"
+    position: Position = "centre"
+
+    def __post_init__(self) -> None:
+        for field, allowed in [("animal", ANIMALS), ("colour", COLOURS), ("background", COLOURS),
+                               ("size", SIZES), ("position", POSITIONS)]:
+            _check_choice(field, getattr(self, field), allowed)
+        if self.colour == self.background:
+            raise ValueError(f"colour and background must differ; both are {self.colour!r}")
+
+    def caption(self, *, style: Literal["full", "short"] = "full") -> str:
+        """The caption, e.g. "a small red cat on the left, blue background" ("short": "a red cat")."""
+        _check_choice("style", style, ("full", "short"))
+        if style == "short":
+            return f"a {self.colour} {self.animal}"
+        return _caption(self.animal, self.colour, self.background, self.size, self.position)
+
+    @classmethod
+    def from_caption(cls, caption: str) -> SceneSpec:
+        """Parse a full-style caption back into its spec (the inverse of ``caption()``)."""
+        m = re.fullmatch(r"a (\w+) (\w+) (\w+) (on the left|in the centre|on the right), (\w+) background",
+                         caption.strip())
+        if m is None:
+            raise ValueError(f"caption {caption!r} does not follow 'a <size> <colour> <animal> <where>, "
+                             f"<colour> background' with <where> one of {tuple(_WHERE.values())}")
+        where = {v: k for k, v in _WHERE.items()}[m[4]]
+        return cls(animal=m[3], colour=m[2], background=m[5], size=m[1], position=where)
+
+
+@dataclass(frozen=True)
+class SceneBatch:
+    """A batch of rendered scenes with captions and integer labels (indices into the name tuples).
+
+    Attributes:
+        images: (B, 3, R, R) float32 in [-1, 1]. masks: (B, 1, R, R) float32 alpha in [0, 1].
+        captions: B strings. animal, colour, background, size, position: (B,) int64 indices
+        into ``ANIMALS``, ``COLOURS``, ``COLOURS``, ``SIZES``, ``POSITIONS``.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    captions: list[str]
+    animal: torch.Tensor
+    colour: torch.Tensor
+    background: torch.Tensor
+    size: torch.Tensor
+    position: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def labels(self) -> dict[str, torch.Tensor]:
+        """The five label tensors by name."""
+        return {k: getattr(self, k) for k in ("animal", "colour", "background", "size", "position")}
+
+    def specs(self) -> list[SceneSpec]:
+        """The scenes as ``SceneSpec`` objects."""
+        names = (ANIMALS, COLOURS, COLOURS, SIZES, POSITIONS)
+        columns = [t.tolist() for t in self.labels.values()]
+        return [SceneSpec(*(n[i] for n, i in zip(names, row))) for row in zip(*columns)]
+
+    def to(self, device: torch.device | str) -> SceneBatch:
+        """The same batch with every tensor on ``device``."""
+        moved = {k: v.to(device) for k, v in self.labels.items()}
+        return SceneBatch(self.images.to(device), self.masks.to(device), list(self.captions), **moved)
+
+
+def make_scenes(
+    n: int, *, resolution: Resolution = 32, classes: Sequence[str] | str | None = None,
+    colours: Sequence[str] | str | None = None, split: Split = "train", held_out: HeldOut = "exclude",
+    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+) -> SceneBatch:
+    """Draw ``n`` random captioned scenes.
+
+    Draws, uniformly: an allowed (animal, colour) pair, a background among the other
+    allowed colours, a size and a position; then a silhouette of the split and jitter.
+
+    Args:
+        n: number of scenes (>= 1).
+        resolution: side R of the square images, 32 or 64.
+        classes: animals to use (default all); colours: colours for animal and background (default all, >= 2).
+        split: whose silhouettes to paint, ``"train"`` or ``"test"``.
+        held_out: ``"exclude"`` never draws ``HELD_OUT`` pairs, ``"only"`` draws only them, ``"include"`` both.
+        generator: makes the batch reproducible (same seed, same images and captions; the
+            captions and labels do not depend on ``resolution``).
+        device: where the images are rendered (default CPU); random numbers come from the generator's device.
+
+    Returns:
+        ``SceneBatch`` with images (n, 3, R, R) in [-1, 1], masks, captions and labels.
+    """
+    n = _check_n(n)
+    _check_choice("resolution", resolution, get_args(Resolution))
+    _check_choice("held_out", held_out, get_args(HeldOut))
+    _split_range(split)
+    animals, palette = _check_names("classes", classes, ANIMALS), _check_names("colours", colours, COLOURS)
+    if len(palette) < 2:
+        raise ValueError(f"colours needs at least two colours so the background differs from the animal; "
+                         f"got {palette}; allowed: {COLOURS}")
+    pairs = [(ANIMALS.index(a), COLOURS.index(c)) for a in animals for c in palette
+             if held_out == "include" or ((a, c) in HELD_OUT) == (held_out == "only")]
+    if not pairs:
+        raise ValueError(f"held_out={held_out!r} with classes={animals} and colours={palette} leaves no "
+                         f"(animal, colour) combination; the held-out ones are {HELD_OUT}")
+    g_device = _generator_device(generator)
+    draw = functools.partial(_randint, generator=generator, device=g_device)
+    animal, colour = torch.tensor(pairs, device=g_device)[draw(len(pairs), n)].unbind(1)
+    allowed = torch.tensor([COLOURS.index(c) for c in palette], device=g_device)
+    slot = torch.full((len(COLOURS),), -1, dtype=torch.long, device=g_device)
+    slot[allowed] = torch.arange(len(allowed), device=g_device)
+    j = draw(len(allowed) - 1, n)  # a background slot among the others: skip the animal colour's slot
+    background = allowed[j + (j >= slot[colour]).long()]
+    labels = dict(animal=animal, colour=colour, background=background, size=draw(len(SIZES), n),
+                  position=draw(len(POSITIONS), n))
+    return _render(labels, resolution=resolution, split=split, generator=generator, device=device)
+
+
+def render_scenes(
+    specs: Sequence[SceneSpec], *, resolution: Resolution = 32, split: Split = "train",
+    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+) -> SceneBatch:
+    """Render given scenes (any combination, held-out ones included); silhouette and jitter are random.
+
+    Args:
+        specs: B ``SceneSpec`` objects (or one). resolution, split, generator, device: as in ``make_scenes``.
+
+    Returns:
+        ``SceneBatch`` whose captions and labels are exactly those of ``specs``.
+    """
+    specs = [specs] if isinstance(specs, SceneSpec) else list(specs)
+    if not specs or not all(isinstance(s, SceneSpec) for s in specs):
+        raise TypeError(f"specs must be a non-empty sequence of SceneSpec; got {specs!r:.80}")
+    _check_choice("resolution", resolution, get_args(Resolution))
+    _split_range(split)
+    g_device = _generator_device(generator)
+    names = dict(animal=ANIMALS, colour=COLOURS, background=COLOURS, size=SIZES, position=POSITIONS)
+    labels = {k: torch.tensor([v.index(getattr(s, k)) for s in specs], device=g_device) for k, v in names.items()}
+    return _render(labels, resolution=resolution, split=split, generator=generator, device=device)
+
+
+def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str,
+            generator: torch.Generator | None, device) -> SceneBatch:
+    """Paint each scene: alpha-blend the animal colour over the background through the silhouette mask."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    g_device = labels["animal"].device
+    n, R = len(labels["animal"]), resolution
+    offset, count = _split_range(split)
+    silhouette = (labels["animal"] * PER_CLASS + offset + _randint(count, n, generator, g_device)).cpu()
+    J = R // 16
+    jx, jy = _randint(J + 1, n, generator, g_device), _randint(J + 1, n, generator, g_device)
+    lab = {k: v.to(device) for k, v in labels.items()}
+    jx, jy = jx.to(device), jy.to(device)
+    sides = [round(SIZE_FRACTIONS[s] * R) for s in SIZES]
+    free = R - torch.tensor(sides, device=device)[lab["size"]]
+    x0 = torch.stack([jx, free // 2 + jx - J // 2, free - jx])[lab["position"], torch.arange(n, device=device)]
+    x0, y0 = x0.clamp(min=0).minimum(free), (free // 2 + jy - J // 2).clamp(min=0).minimum(free)
+    alpha = torch.zeros(n, R, R, device=device)
+    for size_index, side in enumerate(sides):
+        chosen = (lab["size"] == size_index).nonzero().squeeze(1)
+        if len(chosen) == 0:
+            continue
+        sprites = _sprite_bank(side)[silhouette[chosen.cpu()]].to(device).float() / 255
+        ar = torch.arange(side, device=device)
+        rows, cols = (y0[chosen, None] + ar)[:, :, None], (x0[chosen, None] + ar)[:, None, :]
+        alpha[chosen[:, None, None], rows, cols] = sprites
+    rgb = torch.tensor([COLOUR_RGB[c] for c in COLOURS], dtype=torch.float32, device=device) / 127.5 - 1
+    fg, bg = rgb[lab["colour"], :, None, None], rgb[lab["background"], :, None, None]
+    images = bg + alpha[:, None] * (fg - bg)  # "over": x = α·animal + (1 − α)·background (Porter & Duff 1984)
+    columns = [[names[i] for i in t.tolist()] for names, t in
+               zip((ANIMALS, COLOURS, COLOURS, SIZES, POSITIONS), labels.values())]
+    captions = [_caption(*names) for names in zip(*columns)]
+    return SceneBatch(images, alpha[:, None], captions, **lab)
+
+
+def make_silhouette_batch(
+    n: int, *, classes: Sequence[str] | str | None = None, resolution: Resolution = 32, split: Split = "train",
+    kind: Literal["grey", "mask"] = "grey", generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``n`` plain silhouettes (whole 28×28 frame resized to R), classes drawn uniformly.
+
+    Args:
+        n: batch size (>= 1). classes, resolution, split, generator, device: as in ``make_scenes``.
+        kind: ``"grey"`` keeps the package's grey values; ``"mask"`` is the filled binary silhouette.
+
+    Returns:
+        images: (n, 1, R, R) float32 in [-1, 1] (background −1); labels: (n,) int64 indices into ``ANIMALS``.
+    """
+    n = _check_n(n)
+    _check_choice("resolution", resolution, get_args(Resolution))
+    _check_choice("kind", kind, ("grey", "mask"))
+    offset, count = _split_range(split)
+    animals = torch.tensor([ANIMALS.index(a) for a in _check_names("classes", classes, ANIMALS)])
+    g_device = _generator_device(generator)
+    labels = animals[_randint(len(animals), n, generator, g_device).cpu()]
+    index = labels * PER_CLASS + offset + _randint(count, n, generator, g_device).cpu()
+    device = torch.device("cpu") if device is None else torch.device(device)
+    images = _frame_bank(resolution, kind)[index].to(device).float()[:, None] / 127.5 - 1
+    return images, labels.to(device)
+
+
+def benchmark_scenes(n: int = 20000, *, resolution: Resolution = 32, batch_size: int = 1000,
+                     num_threads: int = 1) -> float:
+    """Scenes per second of ``make_scenes`` on the CPU with ``num_threads`` threads (caches warmed first)."""
+    n, batch_size = _check_n(n), _check_n(batch_size, "batch_size")
+    num_threads = _check_n(num_threads, "num_threads")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        make_scenes(8, resolution=resolution, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        start = time.perf_counter()
+        for first in range(0, n, batch_size):
+            make_scenes(min(batch_size, n - first), resolution=resolution, generator=generator)
+        return n / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _caption(animal: str, colour: str, background: str, size: str, position: str) -> str:
+    """The one caption template: "a small red cat on the left, blue background"."""
+    return f"a {size} {colour} {animal} {_WHERE[position]}, {background} background"
+
+
+def _generator_device(generator: torch.Generator | None) -> torch.device:
+    """Where random numbers are drawn: the generator's device, or the CPU for torch's global generator."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _randint(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """n integers uniform in [0, high), drawn on the generator's device."""
+    return torch.randint(high, (n,), generator=generator, device=device)
+
+
+def _check_n(n: int, arg: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"{arg} must be an int >= 1; got {n!r}")
+    return int(n)
+
+
+def _check_choice(arg: str, value, allowed: tuple) -> None:
+    if not any(type(value) is type(a) and value == a for a in allowed):
+        raise ValueError(f"{arg} must be one of {allowed}; got {value!r}")
+
+
+def _check_names(arg: str, given: Sequence[str] | str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """Validate a name subset; returns it deduplicated in the order of ``allowed``."""
+    if given is None:
+        return allowed
+    given = (given,) if isinstance(given, str) else tuple(given)
+    unknown = [g for g in given if g not in allowed]
+    if unknown or not given:
+        raise ValueError(f"{arg} must be a non-empty selection of {allowed}; got {given!r}")
+    return tuple(a for a in allowed if a in given)
