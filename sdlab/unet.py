@@ -1,0 +1,533 @@
+"""A small U-Net noise predictor ε_θ(x_t, t) for chapters 2–6, in plain PyTorch.
+
+The layout is the DDPM U-Net (Ho et al. 2020, App. B), itself built on Ronneberger et al. 2015::
+
+    x ─ conv_in ─ [ResBlock (+Attention)]×n ─ down ─ … ─ middle ─ … ─ up ─ [ResBlock (+Attention)]×(n+1) ─ conv_out ─ ε̂
+                  └────────────── every activation is concatenated back in on the way up ──────────────┘
+
+The timestep t reaches every ResBlock through a sinusoidal embedding and an MLP. An optional class label
+adds a learned vector to that embedding; optional text embeddings (``context``) enter through
+cross-attention next to each self-attention. ``predict_noise`` calls this model or a diffusers U-Net alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "TimeConditioning",
+    "UNetConfig",
+    "UNet",
+    "timestep_embedding",
+    "predict_noise",
+    "count_parameters",
+    "receptive_field",
+    "describe",
+]
+
+TimeConditioning = Literal["shift", "scale_shift"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Every setting of a `UNet`; ``UNet(UNetConfig.from_dict(dataclasses.asdict(config)))`` rebuilds it.
+
+    Levels are numbered from 0 (full resolution, ``sample_size`` pixels) down to ``len(channel_mults) - 1``
+    (``sample_size / 2**(levels - 1)`` pixels); level i has ``base_channels * channel_mults[i]`` channels.
+    ``attention_levels`` lists the levels that get self-attention (and cross-attention when ``context_dim``
+    is set); the middle block gets them when the lowest level is listed.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (2,)
+    num_heads: int = 4
+    num_groups: int = 8
+    sample_size: int = 32
+    num_classes: int | None = None
+    context_dim: int | None = None
+    dropout: float = 0.0
+    time_conditioning: TimeConditioning = "scale_shift"
+
+    def __post_init__(self) -> None:
+        # Lists (from JSON) become tuples, so configs stay hashable and compare equal.
+        for name in ("channel_mults", "attention_levels"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)):
+                raise TypeError(f"{name} must be a tuple of ints; got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "num_heads", "num_groups",
+                     "sample_size"):
+            _check_positive_int(getattr(self, name), name)
+        if not self.channel_mults:
+            raise ValueError("channel_mults must name at least one level; got ()")
+        for i, mult in enumerate(self.channel_mults):
+            _check_positive_int(mult, f"channel_mults[{i}]")
+        for name in ("num_classes", "context_dim"):
+            if getattr(self, name) is not None:
+                _check_positive_int(getattr(self, name), name)
+        if self.base_channels % 2:
+            raise ValueError(f"base_channels must be even (it sizes the timestep embedding); got {self.base_channels}")
+        for level, channels in enumerate(self.level_channels):
+            if channels % self.num_groups:
+                raise ValueError(f"level {level} has {channels} channels, not divisible by "
+                                 f"num_groups={self.num_groups}")
+        levels = len(self.channel_mults)
+        for level in self.attention_levels:
+            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < levels:
+                raise ValueError(f"attention_levels must hold level indices in [0, {levels}); "
+                                 f"got {self.attention_levels}")
+            if self.level_channels[level] % self.num_heads:
+                raise ValueError(f"attention level {level} has {self.level_channels[level]} channels, "
+                                 f"not divisible by num_heads={self.num_heads}")
+        if len(set(self.attention_levels)) != len(self.attention_levels):
+            raise ValueError(f"attention_levels must not repeat a level; got {self.attention_levels}")
+        if self.sample_size % 2 ** (levels - 1):
+            raise ValueError(f"sample_size={self.sample_size} must be divisible by 2**(levels - 1) = "
+                             f"{2 ** (levels - 1)} for {levels} levels")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a float in [0, 1); got {self.dropout!r}")
+        if self.time_conditioning not in get_args(TimeConditioning):
+            raise ValueError(f"time_conditioning must be one of {get_args(TimeConditioning)}; "
+                             f"got {self.time_conditioning!r}")
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        """Channels at each level, from full resolution down."""
+        return tuple(self.base_channels * mult for mult in self.channel_mults)
+
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        """Feature-map side in pixels at each level, from full resolution down."""
+        return tuple(self.sample_size // 2**level for level in range(len(self.channel_mults)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> UNetConfig:
+        """Build a config from ``dataclasses.asdict(config)`` (or its JSON); unknown keys are an error."""
+        allowed = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown UNetConfig keys {unknown}; allowed keys are {allowed}")
+        return cls(**values)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> UNetConfig:
+        """A 16×16 toy (~0.19 M parameters) for tests and quick mode."""
+        settings = dict(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), sample_size=16, num_groups=4)
+        return cls(**{**settings, **overrides})
+
+    @classmethod
+    def small(cls, **overrides: Any) -> UNetConfig:
+        """The course's 32×32 scene model (~1.7 M parameters), e.g. ``UNetConfig.small(num_classes=10)``."""
+        settings = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, attention_levels=(2,))
+        return cls(**{**settings, **overrides})
+
+
+def _check_positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, in float32.
+
+    emb(t) = [sin(t·ω_0) … sin(t·ω_{d/2−1}), cos(t·ω_0) … cos(t·ω_{d/2−1})] with ω_i = max_period^(−2i/d):
+    the Transformer's positional encoding (Vaswani et al. 2017, §3.5) with its sines and cosines
+    grouped, used for t by DDPM (Ho et al. 2020, App. B). Equals diffusers'
+    ``get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=0)``.
+
+    Args:
+        t: (B,) timesteps, integer or float.
+        dim: embedding size, even.
+
+    Returns:
+        (B, dim) float32 tensor on ``t``'s device.
+    """
+    half = dim // 2
+    omega = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * omega[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in at least float32, so bf16/fp16 activations keep accurate statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        out = F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
+        return out.to(x.dtype)
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on the time embedding ``emb``.
+
+    h = conv1(SiLU(GN(x))), then with (s, b) = Linear(SiLU(emb)) per channel:
+    "shift" (DDPM, Ho et al. 2020): h = GN(h + b);
+    "scale_shift" (AdaGN, Dhariwal & Nichol 2021, §3): h = GN(h)·(1 + s) + b.
+    out = skip(x) + conv2(dropout(SiLU(h))), skip = 1×1 conv when the channel count changes, else identity.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, emb_dim: int, num_groups: int,
+                 dropout: float, scale_shift: bool) -> None:
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.norm1 = GroupNorm32(num_groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_proj = nn.Linear(emb_dim, out_channels * (2 if scale_shift else 1))
+        self.norm2 = GroupNorm32(num_groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, H, W), emb: (B, emb_dim) -> (B, C_out, H, W)."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        cond = self.time_proj(F.silu(emb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = cond.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + cond)
+        return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
+
+
+class Attention(nn.Module):
+    """Multi-head attention softmax(QKᵀ/√d)·V (Vaswani et al. 2017, eq. 1), via F.scaled_dot_product_attention.
+
+    Self-attention when ``context`` is None; cross-attention (queries from x, keys and values from the
+    text tokens) otherwise, as in Stable Diffusion (Rombach et al. 2022, eq. 3).
+    """
+
+    def __init__(self, dim: int, *, num_heads: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(context_dim or dim, dim)
+        self.to_v = nn.Linear(context_dim or dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, dim), context: (B, L, context_dim) or None -> (B, N, dim)."""
+        source = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(source), self.to_v(source)
+        q, k, v = (a.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for a in (q, k, v))  # (B, heads, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention among the H·W positions, then (if built with ``context_dim``) cross-attention to text."""
+
+    def __init__(self, channels: int, *, num_heads: int, num_groups: int, context_dim: int | None) -> None:
+        super().__init__()
+        self.norm = GroupNorm32(num_groups, channels)
+        self.self_attn = Attention(channels, num_heads=num_heads)
+        self.cross_norm = nn.LayerNorm(channels) if context_dim else None
+        self.cross_attn = Attention(channels, num_heads=num_heads, context_dim=context_dim) if context_dim else None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, C, H, W), context: (B, L, context_dim) or None -> (B, C, H, W)."""
+        tokens = x.flatten(2).transpose(1, 2)  # (B, H·W, C)
+        tokens = tokens + self.self_attn(self.norm(x).flatten(2).transpose(1, 2))
+        if self.cross_attn is not None:
+            tokens = tokens + self.cross_attn(self.cross_norm(tokens), context)
+        return tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+
+
+class UNetBlock(nn.Module):
+    """One ResBlock, followed by SpatialAttention at the attention levels."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, attention: bool, config: UNetConfig) -> None:
+        super().__init__()
+        self.res = ResBlock(in_channels, out_channels, emb_dim=4 * config.base_channels, num_groups=config.num_groups,
+                            dropout=config.dropout, scale_shift=config.time_conditioning == "scale_shift")
+        self.attn = SpatialAttention(out_channels, num_heads=config.num_heads, num_groups=config.num_groups,
+                                     context_dim=config.context_dim) if attention else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        h = self.res(x, emb)
+        return h if self.attn is None else self.attn(h, context)
+
+
+class Downsample(nn.Conv2d):
+    """Halve H and W with a 3×3 convolution of stride 2."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, 3, stride=2, padding=1)
+
+
+class Upsample(nn.Module):
+    """Double H and W (nearest neighbour), then a 3×3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """Noise predictor ε_θ(x_t, t): the small DDPM-style U-Net of the course (see the module docstring).
+
+    The output convolution starts at zero, so an untrained model predicts ε̂ = 0 (loss 1 on unit noise).
+    """
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        config = UNetConfig() if config is None else config
+        if not isinstance(config, UNetConfig):
+            raise TypeError(f"config must be a UNetConfig (use UNetConfig.from_dict for a dict); "
+                            f"got {type(config).__name__}")
+        self.config = config
+        ch, emb_dim, levels = config.level_channels, 4 * config.base_channels, len(config.channel_mults)
+        self.time_mlp = nn.Sequential(nn.Linear(config.base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # One extra row, index num_classes, is the "null" class used for classifier-free guidance.
+        self.class_embedding = nn.Embedding(config.num_classes + 1, emb_dim) if config.num_classes else None
+        self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
+
+        skip_channels, prev = [ch[0]], ch[0]
+        self.down = nn.ModuleList()
+        for level in range(levels):
+            blocks = nn.ModuleList()
+            for _ in range(config.num_res_blocks):
+                blocks.append(UNetBlock(prev, ch[level], attention=level in config.attention_levels, config=config))
+                prev = ch[level]
+                skip_channels.append(prev)
+            self.down.append(nn.ModuleDict({"blocks": blocks}))
+            if level < levels - 1:
+                self.down[level]["downsample"] = Downsample(prev)
+                skip_channels.append(prev)
+
+        low_attention = levels - 1 in config.attention_levels
+        self.mid = nn.ModuleList([UNetBlock(prev, prev, attention=low_attention, config=config),
+                                  UNetBlock(prev, prev, attention=False, config=config)])
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(levels)):
+            blocks = nn.ModuleList()
+            for _ in range(config.num_res_blocks + 1):
+                blocks.append(UNetBlock(prev + skip_channels.pop(), ch[level],
+                                        attention=level in config.attention_levels, config=config))
+                prev = ch[level]
+            self.up.append(nn.ModuleDict({"blocks": blocks}))
+            if level > 0:
+                self.up[-1]["upsample"] = Upsample(prev)
+
+        self.norm_out = GroupNorm32(config.num_groups, prev)
+        self.conv_out = nn.Conv2d(prev, config.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def null_class(self) -> int:
+        """The class index meaning "no class" (= num_classes), for classifier-free guidance."""
+        if self.config.num_classes is None:
+            raise ValueError("this UNet has no class conditioning (num_classes=None), so it has no null class")
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float, *, class_labels: torch.Tensor | int | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the noise ε in x_t.
+
+        Args:
+            x: (B, in_channels, sample_size, sample_size) noisy images x_t.
+            t: (B,) or () timesteps, int or float tensor, or a Python number shared by the batch.
+            class_labels: (B,) integer labels in [0, num_classes], or one int for the whole batch; index
+                ``num_classes`` (``model.null_class``) is the null class. Required exactly when the model was
+                built with ``num_classes`` (pass ``model.null_class`` for an unconditional prediction). Values
+                are not range-checked here (that would sync the GPU); nn.Embedding rejects bad ones.
+            context: (B, L, context_dim) text embeddings; required exactly when built with ``context_dim``.
+
+        Returns:
+            (B, out_channels, H, W) predicted noise ε̂, in x's dtype (or autocast's).
+        """
+        self._check_x(x)
+        emb = self.time_mlp(timestep_embedding(self._timesteps(t, x), self.config.base_channels).to(x.dtype))
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(self._class_labels(class_labels, x))
+        elif class_labels is not None:
+            raise ValueError("class_labels were given but this UNet has no class conditioning (num_classes=None)")
+        self._check_context(context, x)
+
+        h = self.conv_in(x)
+        skips = [h]
+        for level in self.down:
+            for block in level["blocks"]:
+                h = block(h, emb, context)
+                skips.append(h)
+            if "downsample" in level:  # every level but the lowest
+                h = level["downsample"](h)
+                skips.append(h)
+        for block in self.mid:
+            h = block(h, emb, context)
+        for level in self.up:
+            for block in level["blocks"]:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            if "upsample" in level:  # every level but the top one
+                h = level["upsample"](h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _check_x(self, x: torch.Tensor) -> None:
+        c = self.config
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a (B, C, H, W) tensor; got {shape}")
+        if x.shape[1] != c.in_channels:
+            raise ValueError(f"x has {x.shape[1]} channels but this UNet takes in_channels={c.in_channels}")
+        if tuple(x.shape[2:]) != (c.sample_size, c.sample_size):
+            raise ValueError(f"x is {tuple(x.shape[2:])} pixels but this UNet was built for sample_size="
+                             f"{c.sample_size}; build a UNetConfig with the images' size")
+
+    @staticmethod
+    def _timesteps(t: torch.Tensor | int | float, x: torch.Tensor) -> torch.Tensor:
+        """Return t as a (B,) tensor on x's device."""
+        batch = x.shape[0]
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            return torch.full((batch,), t, device=x.device)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t must be an int, a float or a tensor; got {type(t).__name__}")
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"t must hold integer or float timesteps; got dtype {t.dtype}")
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != batch):
+            raise ValueError(f"t must have shape () or (B,) = ({batch},); got {tuple(t.shape)}")
+        return t.to(x.device).expand(batch)
+
+    def _class_labels(self, labels: torch.Tensor | int | None, x: torch.Tensor) -> torch.Tensor:
+        """Return class labels as a (B,) long tensor on x's device."""
+        batch = x.shape[0]
+        if labels is None:
+            raise ValueError(f"this UNet is class-conditional (num_classes={self.config.num_classes}): pass "
+                             f"class_labels, or class_labels=model.null_class ({self.null_class}) for none")
+        if isinstance(labels, int) and not isinstance(labels, bool):
+            return torch.full((batch,), labels, device=x.device, dtype=torch.long)
+        if not isinstance(labels, torch.Tensor) or labels.dtype == torch.bool or labels.is_floating_point():
+            kind = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise TypeError(f"class_labels must be an int or an integer tensor; got {kind}")
+        if labels.shape != (batch,):
+            raise ValueError(f"class_labels must have shape (B,) = ({batch},); got {tuple(labels.shape)}")
+        return labels.to(x.device, torch.long)
+
+    def _check_context(self, context: torch.Tensor | None, x: torch.Tensor) -> None:
+        dim = self.config.context_dim
+        if dim is None:
+            if context is not None:
+                raise ValueError("context was given but this UNet has no cross-attention (context_dim=None)")
+            return
+        if context is None:
+            raise ValueError(f"this UNet is text-conditional (context_dim={dim}): pass context of shape (B, L, {dim})")
+        if not isinstance(context, torch.Tensor) or context.dim() != 3 or context.shape[0] != x.shape[0] \
+                or context.shape[2] != dim:
+            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(f"context must have shape (B, L, context_dim) = ({x.shape[0]}, L, {dim}); got {shape}")
+
+
+def predict_noise(model: nn.Module, x: torch.Tensor, t: torch.Tensor | int | float, *,
+                  class_labels: torch.Tensor | int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    """Call an sdlab `UNet` or a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` and return ε̂.
+
+    diffusers models return an output object whose ``.sample`` is the tensor and call the text embeddings
+    ``encoder_hidden_states``; this helper hides both, so a sampling loop works with either model unchanged.
+
+    Args:
+        model: the noise predictor.
+        x: (B, C, H, W) noisy images x_t.
+        t: (B,) or () timesteps, or a Python number.
+        class_labels: (B,) class labels, for class-conditional models only.
+        context: (B, L, D) text embeddings, for text-conditional models only.
+
+    Returns:
+        (B, C_out, H, W) predicted noise.
+    """
+    if isinstance(model, UNet):
+        return model(x, t, class_labels=class_labels, context=context)
+    kwargs: dict[str, Any] = {}
+    if class_labels is not None:
+        kwargs["class_labels"] = class_labels
+    if context is not None:
+        kwargs["encoder_hidden_states"] = context
+    out = model(x, t, **kwargs)
+    out = getattr(out, "sample", out[0] if isinstance(out, tuple) else out)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model returned {type(out).__name__}; expected a tensor or an object with .sample")
+    return out
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _as_config(config_or_model: UNetConfig | UNet) -> UNetConfig:
+    if isinstance(config_or_model, UNet):
+        return config_or_model.config
+    if isinstance(config_or_model, UNetConfig):
+        return config_or_model
+    raise TypeError(f"expected a UNetConfig or a UNet; got {type(config_or_model).__name__}")
+
+
+def receptive_field(config_or_model: UNetConfig | UNet) -> int:
+    """Side in pixels of the input square the centre output pixel sees through the convolutions.
+
+    Walks the layers of the path through the middle block backwards, from the output pixel to the input
+    interval it depends on (every path through a skip connection is a sub-path of it, so sees less):
+    a 3×3 conv widens [a, b] to [a−1, b+1], the stride-2 conv maps it to [2a−1, 2b+1] and nearest
+    upsampling to [⌊a/2⌋, ⌊b/2⌋]. Borders are ignored (the image is taken as unbounded). Self-attention,
+    and the statistics of GroupNorm, reach every pixel, so with them each output strictly depends on
+    the whole image: this number is the reach of the local, convolutional paths.
+    """
+    c = _as_config(config_or_model)
+    levels = len(c.channel_mults)
+    ops = ["conv"]  # conv_in
+    for level in range(levels):
+        ops += ["conv", "conv"] * c.num_res_blocks + ([] if level == levels - 1 else ["down"])
+    ops += ["conv", "conv"] * 2  # middle: two ResBlocks
+    for level in reversed(range(levels)):
+        ops += ["conv", "conv"] * (c.num_res_blocks + 1) + (["up", "conv"] if level else [])
+    ops += ["conv"]  # conv_out
+    a = b = c.sample_size // 2
+    for op in reversed(ops):
+        if op == "conv":
+            a, b = a - 1, b + 1
+        elif op == "down":
+            a, b = 2 * a - 1, 2 * b + 1
+        else:
+            a, b = a // 2, b // 2
+    return b - a + 1
+
+
+def describe(model: UNet) -> str:
+    """A few lines for a notebook: parameters, resolutions, where attention is, conditioning, receptive field."""
+    if not isinstance(model, UNet):
+        raise TypeError(f"describe expects an sdlab UNet; got {type(model).__name__}")
+    c, n = model.config, count_parameters(model)
+    attn = ", self-attention" + (" + cross-attention" if c.context_dim else "")
+    lines = [f"UNet: {n:,} parameters ({n * 4 / 2**20:.1f} MiB in float32), "
+             f"{c.in_channels} -> {c.out_channels} channels at {c.sample_size}×{c.sample_size}"]
+    for level, (size, ch) in enumerate(zip(c.level_sizes, c.level_channels)):
+        lines.append(f"  level {level}: {size}×{size}, {ch} channels, {c.num_res_blocks} ResBlock(s) down, "
+                     f"{c.num_res_blocks + 1} up" + (attn if level in c.attention_levels else ""))
+    low = len(c.level_sizes) - 1
+    lines.append(f"  middle: {c.level_sizes[low]}×{c.level_sizes[low]}, {c.level_channels[low]} channels, "
+                 f"2 ResBlocks" + (attn if low in c.attention_levels else ""))
+    cond = ["timestep"] + ([f"{c.num_classes} classes (+ null class {c.num_classes})"] if c.num_classes else [])
+    cond += [f"text context of dim {c.context_dim} (cross-attention)"] if c.context_dim else []
+    lines.append("  conditioning: " + ", ".join(cond))
+    rf = f"{receptive_field(c)} px (the image is {c.sample_size} px)"
+    where = ", ".join(f"{c.level_sizes[lvl]}×{c.level_sizes[lvl]}" for lvl in sorted(c.attention_levels))
+    lines.append(f"  receptive field: whole image (self-attention at {where}); convolutions alone: {rf}"
+                 if c.attention_levels else f"  receptive field of the convolutions: {rf}")
+    return "\n".join(lines)
