@@ -1,16 +1,31 @@
 """sdlab: the helper package of "Stable Diffusion from the inside".
 
-Notebooks use it as ``import sdlab as sd``. Every public name listed in
-``__all__`` stays once a chapter uses it.
+Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
+``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
+``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.samplers``.
+The most used names are also available at the top level. Every public name
+stays once a chapter uses it.
 """
 
+from sdlab import checkpoints, checks, data, images, plotting, samplers, schedules, train, unet, widgets
 from sdlab.config import QUICK_ENV, is_quick, quick_or_full
 from sdlab.device import pick_device
 from sdlab.schedules import SCHEDULE_NAMES, NoiseSchedule, make_betas
+from sdlab.unet import UNet, UNetConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "checkpoints",
+    "checks",
+    "data",
+    "images",
+    "plotting",
+    "samplers",
+    "schedules",
+    "train",
+    "unet",
+    "widgets",
     "QUICK_ENV",
     "is_quick",
     "quick_or_full",
@@ -18,4 +33,6 @@ __all__ = [
     "SCHEDULE_NAMES",
     "NoiseSchedule",
     "make_betas",
+    "UNet",
+    "UNetConfig",
 ]

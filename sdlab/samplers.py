@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sdlab.schedules import NoiseSchedule
 
 __all__ = [
-    "PredictionType", "VarianceType", "StepOutput", "Trajectory", "predict_original_sample", "predict_noise",
+    "PredictionType", "VarianceType", "StepOutput", "Trajectory", "predict_original_sample", "predict_epsilon",
     "randn_tensor", "DDPMSampler", "DDIMSampler", "sample", "run_diffusers_scheduler",
 ]
 
@@ -89,7 +89,7 @@ def predict_original_sample(
     return alpha_prod_t**0.5 * sample - (1 - alpha_prod_t) ** 0.5 * model_output
 
 
-def predict_noise(
+def predict_epsilon(
     model_output: torch.Tensor,
     sample: torch.Tensor,
     alpha_prod_t: float | torch.Tensor,
@@ -308,7 +308,7 @@ class DDIMSampler(_Sampler):
         alpha_prod_t, alpha_prod_t_prev = self._alpha_prods(t, sample)  # ᾱ_t, ᾱ_{t−1}
 
         x0 = self._pred_original_sample(model_output, sample, alpha_prod_t)
-        eps = predict_noise(model_output, sample, alpha_prod_t, prediction_type=self.prediction_type)
+        eps = predict_epsilon(model_output, sample, alpha_prod_t, prediction_type=self.prediction_type)
         variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
         sigma_t = self.eta * variance**0.5  # eq. 16
         direction = (1 - alpha_prod_t_prev - sigma_t**2) ** 0.5 * eps  # points to x_t

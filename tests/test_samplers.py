@@ -15,7 +15,7 @@ from sdlab.samplers import (
     DDPMSampler,
     StepOutput,
     Trajectory,
-    predict_noise,
+    predict_epsilon,
     predict_original_sample,
     randn_tensor,
     run_diffusers_scheduler,
@@ -190,7 +190,7 @@ def test_x0_and_noise_helpers_invert_add_noise(schedules, prediction_type):
         x_t = schedule.add_noise(x0, eps, t)
         output = eps if prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * x0  # v
         x0_hat = predict_original_sample(output, x_t, ab, prediction_type=prediction_type)
-        eps_hat = predict_noise(output, x_t, ab, prediction_type=prediction_type)
+        eps_hat = predict_epsilon(output, x_t, ab, prediction_type=prediction_type)
         assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps_hat, eps, atol=1e-4)
 
 

@@ -1,0 +1,141 @@
+"""The training loop: learning, determinism, exact resume, and safe checkpoints."""
+
+import os
+
+import pytest
+import torch
+
+import sdlab.checkpoints as checkpoints
+from sdlab.checkpoints import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from sdlab.schedules import NoiseSchedule
+from sdlab.train import TrainConfig, diffusion_loss, per_timestep_loss, train
+from sdlab.unet import UNet, UNetConfig
+
+torch.set_num_threads(2)
+SCHEDULE = NoiseSchedule("cosine")
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return UNet(UNetConfig.tiny(in_channels=1, out_channels=1, sample_size=8, **overrides))
+
+
+def stripes(batch_size, generator):
+    """A toy data set: vertical or horizontal stripes, 8x8, values ±1."""
+    horizontal = torch.rand(batch_size, generator=generator, device=generator.device) < 0.5
+    pattern = (torch.arange(8) % 2 * 2 - 1.0).to(generator.device)
+    rows = pattern.view(1, 1, 8, 1).expand(batch_size, 1, 8, 8)
+    cols = pattern.view(1, 1, 1, 8).expand(batch_size, 1, 8, 8)
+    return torch.where(horizontal.view(-1, 1, 1, 1), rows, cols).contiguous()
+
+
+def test_untrained_model_has_loss_one():
+    # The output convolution starts at zero, so ε̂ = 0 and the loss is E[ε²] = 1.
+    g = torch.Generator().manual_seed(0)
+    loss = diffusion_loss(tiny_model(), SCHEDULE, stripes(256, g), generator=g)
+    assert loss.shape == () and abs(loss.item() - 1) < 0.05
+
+
+def test_training_lowers_the_loss():
+    result = train(tiny_model(), SCHEDULE, stripes, config=TrainConfig(steps=60, batch_size=16, warmup_steps=5),
+                   progress=False)
+    assert len(result.losses) == 60
+    assert sum(result.losses[-10:]) / 10 < 0.6 * sum(result.losses[:5]) / 5
+    assert result.images_per_second > 0
+
+
+def test_same_seed_same_run():
+    config = TrainConfig(steps=8, batch_size=8, warmup_steps=2)
+    a = train(tiny_model(), SCHEDULE, stripes, config=config, progress=False)
+    b = train(tiny_model(), SCHEDULE, stripes, config=config, progress=False)
+    assert a.losses == b.losses
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_resume_continues_identically(tmp_path):
+    config = TrainConfig(steps=12, batch_size=8, warmup_steps=3, checkpoint_every=6)
+    straight = train(tiny_model(), SCHEDULE, stripes, config=config, progress=False)
+
+    path = tmp_path / "run.safetensors"
+    calls = 0
+
+    def interrupted(batch_size, generator):  # the run dies while fetching step 8's batch
+        nonlocal calls
+        calls += 1
+        if calls == 8:
+            raise KeyboardInterrupt
+        return stripes(batch_size, generator)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(), SCHEDULE, interrupted, config=config, checkpoint=path, progress=False)
+    resumed = train(tiny_model(seed=99), SCHEDULE, stripes, config=config, checkpoint=path, resume=True, progress=False)
+
+    assert resumed.losses == straight.losses
+    for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(resumed.ema.parameters(), straight.ema.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_round_trip_and_weights(tmp_path):
+    model, other = tiny_model(0), tiny_model(1)
+    path = save_checkpoint(tmp_path / "m.safetensors", model=model, ema=tiny_model(3), step=7, info={"note": "hi"})
+    state = load_checkpoint(path, model=other)
+    assert state == {"step": 7, "info": {"note": "hi"}}
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
+    assert load_weights(path, tiny_model(2)) is not None
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", model=tiny_model())
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_weights(path, UNet(UNetConfig.tiny(in_channels=3, out_channels=1, sample_size=8)))
+    with pytest.raises(CheckpointError, match="does not fit this model .*unexpected keys"):
+        load_weights(path, torch.nn.Linear(2, 2))
+    with pytest.raises(CheckpointError, match="holds no optimizer state"):
+        model = tiny_model()
+        load_checkpoint(path, model=model, optimizer=torch.optim.AdamW(model.parameters()))
+
+
+def test_corrupt_or_missing_checkpoint_gives_clear_error(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", model=tiny_model())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_weights(path, tiny_model())
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_weights(tmp_path / "absent.safetensors", tiny_model())
+
+
+def test_failed_save_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.safetensors", model=tiny_model(0), step=1)
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half-written")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model=tiny_model(1), step=2)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.safetensors"], "no temporary file is left behind"
+
+
+def test_per_timestep_loss_shapes():
+    centres, losses = per_timestep_loss(tiny_model(), SCHEDULE, stripes, bins=4, batch_size=8)
+    assert centres.tolist() == [125.0, 375.0, 625.0, 875.0] and losses.shape == (4,)
+    with pytest.raises(ValueError, match="bins must be an int in \\[1, 1000\\]; got 0"):
+        per_timestep_loss(tiny_model(), SCHEDULE, stripes, bins=0)
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="steps must be a positive int; got 0"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="ema_decay must lie in \\[0, 1\\); got 1.5"):
+        TrainConfig(ema_decay=1.5)
+    with pytest.raises(ValueError, match="precision must be 'auto', 'fp32' or 'bf16'; got 'fp16'"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="precision='bf16' needs a CUDA device"):
+        train(tiny_model(), SCHEDULE, stripes, config=TrainConfig(steps=1, precision="bf16"), progress=False)
