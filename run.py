@@ -3,6 +3,7 @@
 
     python3 run.py book          # build the website (executes every notebook) and serve it
     python3 run.py test          # unit tests + every notebook (quick mode) + quick book build
+    python3 run.py release       # student notebooks, solutions removed (nbgrader), in build/release/
 
 Needs nothing but Python 3.11+. The first run creates `.venv` from
 requirements.txt / constraints.txt (about 1.5 minutes, 1.9 GB); later runs
@@ -74,7 +75,6 @@ def venv_env(*, quick: bool) -> dict[str, str]:
     env["VIRTUAL_ENV"] = str(VENV)
     env["HF_HUB_OFFLINE"] = "1"  # the course never needs a model hub offline
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences a debugger warning in kernels
-    env["MPLBACKEND"] = "Agg"
     if quick:
         env["SDLAB_QUICK"] = "1"
     else:
@@ -112,6 +112,7 @@ def main() -> None:
     test = sub.add_parser("test", help="unit tests, every notebook (quick mode) and a quick book build")
     test.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
     sub.add_parser("setup", help="only create or update .venv")
+    sub.add_parser("release", help="write the student notebooks (solutions removed) to build/release/")
     args = parser.parse_args()
 
     ensure_venv()
@@ -128,6 +129,9 @@ def main() -> None:
                "-p", "no:cacheprovider", *args.pytest_args]
         say("running the unit tests and every notebook (quick mode)")
         raise SystemExit(subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=True)).returncode)
+    elif args.task == "release":
+        cmd = [str(PY), str(ROOT / "scripts" / "release.py")]
+        raise SystemExit(subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=False)).returncode)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""Every chapter notebook is committed clean, listed on the website, and gradable."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def load_release():
+    spec = importlib.util.spec_from_file_location("release", ROOT / "scripts" / "release.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def grader(cell):
+    return cell.metadata.get("nbgrader", {})
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no chapter"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name}: outputs are committed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_listed_in_table_of_contents(path):
+    listed = set(re.findall(r"file:\s*(\S+)", (ROOT / "_toc.yml").read_text()))
+    assert f"notebooks/{path.stem}" in listed
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_imports_sdlab_as_sd_and_never_star(path):
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert "import sdlab as sd" in source
+    assert "import *" not in source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_follow_nbgrader_format(path):
+    cells = nbformat.read(path, as_version=4).cells
+    solutions = [i for i, c in enumerate(cells) if grader(c).get("solution")]
+    ids = [grader(c)["grade_id"] for c in cells if grader(c)]
+    assert len(ids) == len(set(ids)), "nbgrader grade_ids must be unique"
+    for i in solutions:
+        assert "### BEGIN SOLUTION" in cells[i].source and "### END SOLUTION" in cells[i].source
+        check = next(c for c in cells[i + 1 :] if c.cell_type == "code")
+        assert grader(check).get("grade") and grader(check).get("locked"), "a graded check cell follows"
+        assert "sd.checks." in check.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_student_version_has_no_solutions(path):
+    nb = nbformat.read(path, as_version=4)
+    student = load_release().student_version(nb)
+    solution_cells = [c for c in student.cells if grader(c).get("solution")]
+    for cell in solution_cells:
+        assert "BEGIN SOLUTION" not in cell.source and "raise NotImplementedError()" in cell.source
+        assert cell.source.lstrip().startswith("def "), "the student keeps the function signature"
+    original = [c.source for c in nb.cells if grader(c).get("grade")]
+    assert [c.source for c in student.cells if grader(c).get("grade")] == original, "checks are kept as they are"
