@@ -8,6 +8,7 @@ metadata. Nothing is ever unpickled, so a checkpoint cannot run code.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -19,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "save_pretrained", "load_pretrained"]
 
 
 class CheckpointError(ValueError):
@@ -163,3 +164,32 @@ def load_weights(path: str | os.PathLike, model: nn.Module, *, prefer_ema: bool 
     prefix = "ema" if prefer_ema and any(k.startswith("ema.") for k in tensors) else "model"
     _load_into(model, tensors, prefix, path)
     return model
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def save_pretrained(path: str | os.PathLike, model: nn.Module, *, info: dict | None = None,
+                    dtype: torch.dtype = torch.float16) -> Path:
+    """Ship a trained sdlab UNet: its weights in ``dtype`` and its config, atomically, in one file."""
+    from dataclasses import asdict
+
+    shipped = copy.deepcopy(model).to(dtype=dtype)
+    return save_checkpoint(path, model=shipped, info={"config": asdict(model.config), **(info or {})})
+
+
+def load_pretrained(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None) -> tuple[nn.Module, dict]:
+    """Load shipped weights by name (e.g. ``"scenes32"``) or path; return ``(model in eval mode, info)``.
+
+    The file's config rebuilds the right UNet, so no settings need to be repeated.
+    """
+    from sdlab.unet import UNet, UNetConfig
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+    tensors, meta = _read(path)
+    config = UNetConfig.from_dict(meta["info"]["config"])
+    model = UNet(config)
+    _load_into(model, tensors, "model", path)
+    return model.to(device or "cpu").eval(), meta["info"]
