@@ -164,8 +164,9 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - config.ema_decay)
+        with torch.no_grad():  # EMA with warm-up: early on it follows the model closely (as diffusers' EMAModel)
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
         pending.append(loss.detach())
         last = step + 1 == config.steps
         save_now = checkpoint is not None and (last or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0))

@@ -139,3 +139,13 @@ def test_bad_settings_are_rejected():
         TrainConfig(precision="fp16")
     with pytest.raises(ValueError, match="precision='bf16' needs a CUDA device"):
         train(tiny_model(), SCHEDULE, stripes, config=TrainConfig(steps=1, precision="bf16"), progress=False)
+
+
+def test_ema_warms_up_instead_of_clinging_to_the_untrained_start():
+    # With a plain decay of 0.999, 30 steps would leave the EMA 97 % at its initial weights.
+    start = tiny_model()
+    result = train(tiny_model(), SCHEDULE, stripes, config=TrainConfig(steps=30, batch_size=8, warmup_steps=2),
+                   progress=False)
+    moved = sum((e - s).abs().sum() for e, s in zip(result.ema.parameters(), start.parameters()))
+    travelled = sum((m - s).abs().sum() for m, s in zip(result.model.parameters(), start.parameters()))
+    assert moved > 0.5 * travelled
