@@ -22,7 +22,10 @@ from matplotlib.figure import Figure
 from sdlab.images import to_numpy_image
 from sdlab.schedules import NoiseSchedule
 
-__all__ = ["BOOK_WIDTH", "CellFigure", "show_images", "plot_schedules", "plot_noising_grid", "imshow"]
+__all__ = [
+    "BOOK_WIDTH", "CellFigure", "show_images", "plot_schedules", "plot_noising_grid", "imshow",
+    "show_captioned_images", "moving_average", "plot_losses", "plot_per_timestep_loss", "plot_noise_guesses",
+]
 
 BOOK_WIDTH = 10.0  # inches: the width a figure is drawn for
 _COLORS = {"linear": "tab:blue", "cosine": "tab:orange", "scaled_linear": "tab:green"}
@@ -252,4 +255,218 @@ def plot_noising_grid(
         row[0].set_ylabel(schedule.name, fontsize=10, rotation=0, ha="right", va="center")
     for ax, t in zip(axes[0], steps.tolist()):
         ax.set_title(f"t={t}", fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------- training (chapter 2)
+
+
+def _as_1d(values: Any, name: str) -> np.ndarray:
+    """Return a non-empty 1-D float array of finite values."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a 1-D sequence of numbers; got {type(values).__name__}") from error
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence; got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite values (did the training diverge?)")
+    return array
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def _target_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is None:
+        fig, axes = _subplots(1, 1, figsize=figsize)
+        return fig, axes[0, 0]
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be None or a matplotlib Axes; got {type(ax).__name__}")
+    return ax.figure, ax
+
+
+def moving_average(values: Any, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` values (fewer at the start): m_i = mean(v[max(0, i−w+1) … i]).
+
+    Args:
+        values: (N,) numbers. window: how many values each mean covers (>= 1).
+
+    Returns:
+        (N,) float64 array.
+    """
+    array, window = _as_1d(values, "values"), _check_count(window, "window")
+    sums = np.cumsum(np.concatenate([[0.0], array]))
+    ends = np.arange(1, array.size + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def plot_losses(
+    losses: Any,
+    *,
+    every: int = 1,
+    smooth: int = 50,
+    label: str | None = None,
+    color: str | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Plot a training loss curve: every recorded loss, faint, and its moving average on top.
+
+    Args:
+        losses: (N,) recorded losses, one every ``every`` training steps (the shipped weights keep every 10th).
+        every: training steps between two recorded losses; sets the step axis.
+        smooth: moving-average window, in recorded losses.
+        label: legend entry of the smoothed curve (to compare runs drawn into one ``ax``).
+        color: line colour; default: matplotlib's next colour.
+        ax: an Axes to draw into; default: a new 10 × 3.2 inch figure.
+        title: a title over the plot.
+
+    Returns:
+        The figure; the loss axis is logarithmic.
+    """
+    values = _as_1d(losses, "losses")
+    every, smooth = _check_count(every, "every"), _check_count(smooth, "smooth")
+    fig, ax = _target_axes(ax, (BOOK_WIDTH, 3.2))
+    steps = np.arange(1, values.size + 1) * every
+    (line,) = ax.plot(steps, moving_average(values, smooth), color=color, lw=2,
+                      label=label or f"moving average of {smooth * every} steps")
+    ax.plot(steps, values, color=line.get_color(), lw=0.8, alpha=0.25)
+    ax.set(xlabel="training step", ylabel="loss (mean squared error)", yscale="log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return fig
+
+
+def plot_per_timestep_loss(
+    centres: Any,
+    losses: Any,
+    *,
+    label: str = "trained model",
+    baselines: dict[str, Any] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Plot the loss against the timestep t (from ``sdlab.train.per_timestep_loss``), with reference curves.
+
+    Args:
+        centres: (K,) timesteps at the middle of each band.
+        losses: (K,) mean loss in each band.
+        label: legend entry of ``losses``.
+        baselines: name -> (K,) losses of reference predictors at the same ``centres``, drawn dashed.
+        ax: an Axes to draw into; default: a new 10 × 3.4 inch figure.
+        title: a title over the plot.
+
+    Returns:
+        The figure; the loss axis is logarithmic.
+    """
+    t, values = _as_1d(centres, "centres"), _as_1d(losses, "losses")
+    if t.size != values.size:
+        raise ValueError(f"centres has {t.size} entries but losses has {values.size}")
+    if baselines is not None and not isinstance(baselines, dict):
+        raise TypeError(f"baselines must be a dict of name -> losses; got {type(baselines).__name__}")
+    fig, ax = _target_axes(ax, (BOOK_WIDTH, 3.4))
+    ax.plot(t, values, "o-", lw=2, ms=4, label=label, color="tab:blue", zorder=3)
+    for i, (name, reference) in enumerate((baselines or {}).items()):
+        ref = _as_1d(reference, f"baselines[{name!r}]")
+        if ref.size != t.size:
+            raise ValueError(f"baselines[{name!r}] has {ref.size} entries but centres has {t.size}")
+        ax.plot(t, ref, "--", lw=1.5, label=name, color=f"C{i + 1}")
+    ax.set(xlabel="timestep t (noisier →)", ylabel="loss (mean squared error)", yscale="log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return fig
+
+
+def plot_noise_guesses(
+    x_t: torch.Tensor,
+    noise: torch.Tensor,
+    noise_pred: torch.Tensor,
+    pred_original: torch.Tensor,
+    timesteps: Sequence[int] | torch.Tensor,
+    *,
+    x0: torch.Tensor | None = None,
+    noise_scale: float = 2.5,
+) -> Figure:
+    """Show, per timestep (columns): the noisy input, the true noise ε, the model's ε̂ and the implied x̂0.
+
+    Noise has unit variance, not values in [−1, 1], so ε and ε̂ are drawn as ε / ``noise_scale``
+    (clipped): mid-grey is 0. x̂0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t (DDPM eq. 15) is drawn clipped to [−1, 1].
+
+    Args:
+        x_t, noise, noise_pred, pred_original: (N, C, H, W) each, one image per timestep.
+        timesteps: the N timesteps, used as column titles.
+        x0: optional (N, C, H, W) or (C, H, W) clean image(s), drawn as an extra first row.
+        noise_scale: noise values are divided by this before drawing.
+
+    Returns:
+        The figure, with 4 (or 5) rows of N images.
+    """
+    steps = [int(t) for t in (timesteps.tolist() if isinstance(timesteps, torch.Tensor) else timesteps)]
+    given = {"x_t": x_t, "noise": noise, "noise_pred": noise_pred, "pred_original": pred_original}
+    if x0 is not None:
+        given = {"x0": x0.expand(len(steps), *x0.shape[-3:]) if isinstance(x0, torch.Tensor) else x0, **given}
+    for arg, value in given.items():
+        if not isinstance(value, torch.Tensor) or value.dim() != 4 or value.shape[0] != len(steps):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{arg} must be an (N, C, H, W) tensor with N = {len(steps)} "
+                             f"(one per timestep); got {shape}")
+    labels = {"x0": "clean x₀", "x_t": "noisy input x_t", "noise": "true noise ε", "noise_pred": "guessed noise ε̂",
+              "pred_original": "implied x̂₀"}
+    rows = {labels[arg]: value for arg, value in given.items()}
+    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) or noise_scale <= 0:
+        raise ValueError(f"noise_scale must be a positive number; got {noise_scale!r}")
+    n = len(steps)
+    cell = min(1.4, (BOOK_WIDTH - 1.4) / n)
+    fig, axes = _subplots(len(rows), n, figsize=(cell * n + 1.4, cell * len(rows) + 0.35))
+    for row, (name, images) in zip(axes, rows.items()):
+        scale = noise_scale if "noise" in name else 1.0
+        for ax, image in zip(row, images):
+            imshow(ax, (image.detach().float() / scale).clamp(-1, 1))
+        row[0].set_axis_on()
+        row[0].set(xticks=[], yticks=[])
+        row[0].spines[:].set_visible(False)
+        row[0].set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
+    for ax, t in zip(axes[0], steps):
+        ax.set_title(f"t = {t}", fontsize=10)
+    return fig
+
+
+def show_captioned_images(
+    images: Any, captions: Sequence[str], *, ncols: int = 4, size: float = 2.2, wrap: int = 28
+) -> Figure:
+    """Show images in a grid with a caption under each, wrapped to lines of at most ``wrap`` characters.
+
+    Args:
+        images: as in :func:`show_images`, e.g. a (B, 3, H, W) tensor in [-1, 1].
+        captions: one string per image, e.g. ``SceneBatch.captions``.
+        ncols: images per row. size: width of each image in inches. wrap: characters per caption line.
+
+    Returns:
+        The figure, with one Axes per image.
+    """
+    import textwrap
+
+    items = _image_list(images)
+    labels = _check_titles(captions, len(items), name="captions")
+    for name, value in (("ncols", ncols), ("wrap", wrap)):
+        _check_count(value, name)
+    lines = max(len(textwrap.wrap(label, wrap)) for label in labels)
+    fig = show_images(items, ncols=ncols, size=size)
+    fig.set_size_inches(fig.get_size_inches() + np.array([0.0, 0.17 * lines * math.ceil(len(items) / ncols)]))
+    for ax, label in zip(fig.axes, labels):
+        ax.set_axis_on()
+        ax.set(xticks=[], yticks=[])
+        ax.spines[:].set_visible(False)
+        ax.set_xlabel(textwrap.fill(label, wrap), fontsize=9)
     return fig
