@@ -118,3 +118,290 @@ def _diagnose_add_noise(got, x0, noise, ab, t) -> None:
             raise ExerciseError(f"at t={t}: {hint}.")
     err = (got - (a.sqrt() * x0 + (1 - a).sqrt() * noise)).abs().max().item()
     raise ExerciseError(f"at t={t} x_t is off by up to {err:.4f}; recheck x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε")
+
+
+# ----------------------------------------------------------------------------- chapter 2: training
+
+__all__ += ["check_diffusion_loss", "check_loss_weight", "check_eps_or_x0"]
+
+
+class _StandInPredictor(torch.nn.Module):
+    """A fixed, differentiable stand-in noise predictor: a seeded 1×1 colour mix of x_t plus a t-dependent shift."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(2)
+        mix = 0.5 * torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(3, 3, generator=g, dtype=torch.float64)
+        self.mix = torch.nn.Parameter(mix)
+        self.shift = torch.nn.Parameter(0.3 * torch.randn(3, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """x: (B, 3, H, W), t: (B,) or one step -> (B, 3, H, W)."""
+        t = torch.as_tensor(t, device=x.device).to(x.dtype).reshape(-1, 1, 1, 1)
+        return torch.einsum("oc,bchw->bohw", self.mix.to(x.dtype), x) + self.shift.to(x.dtype)[:, None, None] * t / 1000
+
+
+def _loss_slips(model, x0, noise, t, ab_all) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+    """The right ε-loss, and (hint, loss) for each common slip, for the same inputs."""
+    ab = ab_all[t].reshape(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    pred = model(x_t, t)
+
+    def eps_loss(x):
+        return ((model(x, t) - noise) ** 2).mean()
+
+    sqrt = "a square root is missing when you corrupt x0: x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε"
+    square = "the errors must be squared before they are averaged"
+    slips = [
+        ("the target is the noise ε (`noise`), not the clean image x0 (that would be x0-prediction)",
+         ((pred - x0) ** 2).mean()),
+        ("the target is the noise ε (`noise`), not the noisy image x_t", ((pred - x_t) ** 2).mean()),
+        ("the network must be shown the noisy image x_t, not the clean x0", eps_loss(x0)),
+        ("you compared the implied x̂0 with x0, which weights each image by (1 − ᾱ_t) / ᾱ_t; compare ε̂ with ε",
+         (((x_t - (1 - ab).sqrt() * pred) / ab.sqrt() - x0) ** 2).mean()),
+        ("you summed the squared errors; average them over every element (batch, channels, pixels), as "
+         "F.mse_loss does, so the loss does not grow with the batch or the image size", ((pred - noise) ** 2).sum()),
+        ("you summed over each image's pixels and averaged over the batch; average over every element",
+         ((pred - noise) ** 2).flatten(1).sum(1).mean()),
+        ("the loss squares the errors; you took their absolute values", (pred - noise).abs().mean()),
+        (square, (pred - noise).mean()),
+        (square, (noise - pred).mean()),
+        (sqrt, eps_loss(ab * x0 + (1 - ab) * noise)),
+        (sqrt, eps_loss(ab.sqrt() * x0 + (1 - ab) * noise)),
+        (sqrt, eps_loss(ab * x0 + (1 - ab).sqrt() * noise)),
+        ("the coefficients are swapped: √ᾱ_t multiplies x0 and √(1 − ᾱ_t) the noise",
+         eps_loss((1 - ab).sqrt() * x0 + ab.sqrt() * noise)),
+        ("x0 must shrink too: it is scaled by √ᾱ_t", eps_loss(x0 + (1 - ab).sqrt() * noise)),
+    ]
+    for shift in (-1, 1):
+        b = ab_all[t + shift].reshape(-1, 1, 1, 1)
+        slips.append((f"off by one: you used ᾱ at t{shift:+d}; index alphas_cumprod[t]",
+                      eps_loss(b.sqrt() * x0 + (1 - b).sqrt() * noise)))
+    if x0.shape[0] == x0.shape[-1]:  # (B,) coefficients silently broadcast along the width when B == W
+        flat = ab_all[t]
+        slips.append(("ᾱ_t has shape (B,) and was spread along the image width; reshape it to (B, 1, 1, 1)",
+                      eps_loss(flat.sqrt() * x0 + (1 - flat).sqrt() * noise)))
+    return ((pred - noise) ** 2).mean(), slips
+
+
+def _run_loss(fn: Callable, model, x0, noise, t, ab_all) -> torch.Tensor:
+    try:
+        return _call(fn, model, x0.clone(), noise.clone(), t.clone(), ab_all.clone())
+    except ExerciseError as error:
+        if "size of tensor" in str(error) or "broadcast" in str(error):
+            raise ExerciseError(f"{error}. Hint: ᾱ_t for a batch has shape (B,); reshape it to (B, 1, 1, 1) so it "
+                                "multiplies whole images (B, C, H, W)") from error
+        raise
+
+
+def check_diffusion_loss(fn: Callable) -> bool:
+    """Check ``fn(model, x0, noise, t, alphas_cumprod) -> loss``: mean of (ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t) − ε)².
+
+    The DDPM training objective (Ho et al. 2020, eq. 14), for a batch with one t per image.
+    """
+    schedule, g = NoiseSchedule("cosine"), torch.Generator().manual_seed(99)
+    ab_all = schedule.alphas_cumprod.double()
+    for batch, height, width in ((4, 8, 8), (8, 6, 8)):  # the second has B == W: a missing reshape stays silent
+        x0 = torch.rand(batch, 3, height, width, generator=g, dtype=torch.float64) * 2 - 1
+        noise = torch.randn(batch, 3, height, width, generator=g, dtype=torch.float64)
+        t = torch.randint(5, 995, (batch,), generator=g)
+        model = _StandInPredictor()
+        got = _run_loss(fn, model, x0, noise, t, ab_all)
+        if got.dim() != 0 and got.numel() != 1:
+            raise ExerciseError(f"return one number (a 0-dim tensor) averaged over everything; got shape "
+                                f"{tuple(got.shape)}")
+        again = _run_loss(fn, _StandInPredictor(), x0, noise, t, ab_all)
+        if not _same(got.reshape(()), again.reshape(()), 1e-9):
+            raise ExerciseError("your loss changes from one call to the next: use the `noise` and `t` you are "
+                                "given instead of drawing new ones")
+        if not got.requires_grad:
+            raise ExerciseError("your loss carries no gradient back to the model: avoid .item(), .detach(), "
+                                "numpy and torch.no_grad() inside the loss")
+        got.reshape(()).backward()
+        if model.mix.grad is None or not model.mix.grad.abs().sum() > 0:
+            raise ExerciseError("the loss does not depend on the model's weights: call model(x_t, t)")
+        with torch.no_grad():
+            right, slips = _loss_slips(model, x0, noise, t, ab_all)
+        got = got.detach().reshape(())
+        if _same(got, right, 1e-8):
+            continue
+        for hint, wrong in slips:
+            if _same(got, wrong, 1e-8):
+                raise ExerciseError(f"not yet: {hint}.")
+        raise ExerciseError(f"for these inputs the loss should be {right:.6f}; got {got:.6f}. Recheck the four "
+                            "steps: corrupt x0 to x_t, ask the model, compare with the noise, average the squares")
+    return _passed("diffusion_loss")
+
+
+def check_loss_weight(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Check ``fn(alpha_bar) -> w`` with ‖ε − ε̂‖² = w · ‖x0 − x̂0‖², i.e. w = ᾱ_t / (1 − ᾱ_t) = SNR(t)."""
+    ab = NoiseSchedule("cosine").alphas_cumprod.double()[[10, 100, 400, 700, 950]]
+    expected = ab / (1 - ab)
+    got = _call(fn, ab.clone())
+    if got.shape != expected.shape:
+        raise ExerciseError(f"return one weight per ᾱ value: shape {tuple(expected.shape)}; got {tuple(got.shape)}")
+    if torch.allclose(got, expected, rtol=1e-6, atol=0):
+        return _passed("loss_weight")
+    slips = {
+        "that is the factor the other way round: it turns an ε-loss into an x0-loss": 1 / expected,
+        "that factor relates the errors themselves; the loss squares them": expected.sqrt(),
+        "that factor relates the errors themselves, and the other way round; the loss squares them":
+            1 / expected.sqrt(),
+        "close: divide ᾱ_t by the noise's share of the variance, 1 − ᾱ_t": ab,
+        "that is the noise's share of the variance alone; compare it with the signal's": 1 - ab,
+    }
+    for hint, wrong in slips.items():
+        if torch.allclose(got, wrong, rtol=1e-6, atol=0):
+            raise ExerciseError(f"not yet: {hint}.")
+    raise ExerciseError("not yet. Write x0 and x̂0 with the same x_t, one using ε and one using ε̂, subtract, "
+                        "and square")
+
+
+_EPS_OR_X0 = {
+    "a": "x̂0 follows from ε̂ in one line, x̂0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t; the chapter draws it for every t",
+    "c": "look at the loss per timestep again: near t = T the noisy image is almost pure noise, so ε is the "
+         "easiest thing there is to guess",
+    "d": "look at the implied x̂0 at large t: one call gives only a smudge, which is why sampling takes many "
+         "steps (chapter 3)",
+}
+
+
+def check_eps_or_x0(fn: Callable[[], str]) -> bool:
+    """Check the multiple-choice answer of chapter 2's "ε or x0?" exercise: ``fn()`` returns one letter a–d."""
+    if not callable(fn):
+        raise ExerciseError(f"pass your function itself (not its result); got a {type(fn).__name__}")
+    try:
+        answer = fn()
+    except Exception as error:
+        raise ExerciseError(f"your function raised {type(error).__name__}: {error}") from error
+    if not isinstance(answer, str) or answer.strip().lower() not in ("a", "b", "c", "d"):
+        raise ExerciseError(f"return one of the letters 'a', 'b', 'c' or 'd' as a string; got {answer!r}")
+    letter = answer.strip().lower()
+    if letter in _EPS_OR_X0:
+        raise ExerciseError(f"not ({letter}): {_EPS_OR_X0[letter]}.")
+    return _passed("ε or x0")
+
+
+# ----------------------------------------------------------------------------- chapter 3: reverse diffusion
+
+__all__ += ["check_pred_original_sample", "check_ddim_step"]
+
+
+def _ch3_close(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal shapes and values up to float32 round-off (x̂0 can be large at high t, hence the relative part)."""
+    return got.shape == expected.shape and bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-5))
+
+
+def _ch3_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_t, ε̂ (2, 1, 8, 8) float64 and the cosine schedule's ᾱ (1000,) float64."""
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    return x_t, eps, NoiseSchedule("cosine").alphas_cumprod.double()
+
+
+def _first_slip(got: torch.Tensor, slips: list[tuple[str, torch.Tensor]]) -> str | None:
+    return next((hint for hint, wrong in slips if _ch3_close(got, wrong)), None)
+
+
+def check_pred_original_sample(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Check ``fn(x_t, eps, alpha_prod_t) -> x̂0`` = (x_t − √(1 − ᾱ_t) · ε̂) / √ᾱ_t (Ho et al. 2020, eq. 15).
+
+    ``alpha_prod_t`` is ᾱ_t as a 0-dim float64 tensor; x_t and ε̂ are (2, 1, 8, 8).
+    """
+    x_t, eps, ab = _ch3_inputs(31)
+    for t in (100, 500, 900):
+        a = ab[t]
+        expected = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        got = _call(fn, x_t.clone(), eps.clone(), a.clone())
+        if got.shape != expected.shape:
+            raise ExerciseError(f"x̂0 must have the shape of x_t {tuple(x_t.shape)}; got {tuple(got.shape)}")
+        if _ch3_close(got, expected):
+            continue
+        slips = [
+            ("you returned x_t − ε̂: removing all the predicted noise at once also needs the scales √(1 − ᾱ_t) "
+             "and 1 / √ᾱ_t", x_t - eps),
+            ("sign error: the noise is subtracted, x_t − √(1 − ᾱ_t) · ε̂", (x_t + (1 - a).sqrt() * eps) / a.sqrt()),
+            ("you forgot to divide by √ᾱ_t: x_t holds only √ᾱ_t times the clean image", x_t - (1 - a).sqrt() * eps),
+            ("you multiplied by √ᾱ_t; the forward process scaled x0 by √ᾱ_t, so undo it by dividing",
+             a.sqrt() * (x_t - (1 - a).sqrt() * eps)),
+            ("only ε̂'s term was divided by √ᾱ_t; put (x_t − √(1 − ᾱ_t) · ε̂) in brackets",
+             x_t - (1 - a).sqrt() * eps / a.sqrt()),
+            ("you forgot the square roots: the coefficients are √(1 − ᾱ_t) and √ᾱ_t", (x_t - (1 - a) * eps) / a),
+            ("the square root is missing on √(1 − ᾱ_t)", (x_t - (1 - a) * eps) / a.sqrt()),
+            ("the square root is missing on √ᾱ_t", (x_t - (1 - a).sqrt() * eps) / a),
+            ("ᾱ_t and 1 − ᾱ_t are swapped", (x_t - a.sqrt() * eps) / (1 - a).sqrt()),
+            ("do not clip x̂0 in this exercise: return the formula's value as it is",
+             ((x_t - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)),
+        ]
+        hint = _first_slip(got, slips)
+        if hint:
+            raise ExerciseError(f"at ᾱ_t = {a:.4f} (t = {t}): {hint}.")
+        err = (got - expected).abs().max().item()
+        raise ExerciseError(f"at ᾱ_t = {a:.4f} (t = {t}) x̂0 is off by up to {err:.4g}; solve "
+                            "x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε for x0")
+    _passed("pred_original_sample")
+
+
+def _ddim_slips(eps, t, x_t, prev_t, ab) -> list[tuple[str, torch.Tensor]]:
+    """(hint, wrong x_{t−1}) for the common slips in one DDIM step."""
+    a_t = ab[t]
+    a_prev = ab[prev_t] if prev_t >= 0 else torch.tensor(1.0, dtype=ab.dtype)
+
+    def step(a_x0: torch.Tensor, a_new: torch.Tensor, sign: float = 1.0, clip: bool = False) -> torch.Tensor:
+        x0 = (x_t - (1 - a_x0).sqrt() * eps) / a_x0.sqrt()
+        x0 = x0.clamp(-1, 1) if clip else x0
+        return a_new.sqrt() * x0 + sign * (1 - a_new).sqrt() * eps
+
+    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    slips: list[tuple[str, torch.Tensor]] = []
+    if prev_t < 0:  # checked first: at t = 0, alphas_cumprod[0] is also ᾱ_t
+        slips.append(("at the last step (prev_t = −1) use ᾱ_{t−1} = 1, a clean image: alphas_cumprod[-1] is "
+                      "Python's last entry, ᾱ at t = 999", step(a_t, ab[-1])))
+        slips.append(("at the last step (prev_t = −1) use ᾱ_{t−1} = 1 (this course's convention), "
+                      "not alphas_cumprod[0]", step(a_t, ab[0])))
+    slips += [
+        ("your step returned x_t unchanged: x̂0 uses ᾱ_t (alphas_cumprod[t]) and the new sample uses "
+         "ᾱ_{t−1} (alphas_cumprod[prev_t]); you used the same ᾱ for both", x_t),
+        ("ᾱ_t and ᾱ_{t−1} are swapped: x̂0 comes from ᾱ_t = alphas_cumprod[t], the new sample takes "
+         "ᾱ_{t−1} = alphas_cumprod[prev_t]", step(a_prev, a_t)),
+        ("you returned x̂0; a DDIM step only goes down to the noise level of prev_t: "
+         "√ᾱ_{t−1} · x̂0 + √(1 − ᾱ_{t−1}) · ε̂", x0),
+        ("the second term √(1 − ᾱ_{t−1}) · ε̂ is missing: x_{t−1} keeps the noise of its own step", a_prev.sqrt() * x0),
+        ("sign error in the second term: it adds + √(1 − ᾱ_{t−1}) · ε̂", step(a_t, a_prev, sign=-1.0)),
+        ("sign error in x̂0 = (x_t − √(1 − ᾱ_t) · ε̂) / √ᾱ_t", a_prev.sqrt() * (x_t + (1 - a_t).sqrt() * eps)
+         / a_t.sqrt() + (1 - a_prev).sqrt() * eps),
+        ("you forgot the square roots on ᾱ_{t−1} and 1 − ᾱ_{t−1}", a_prev * x0 + (1 - a_prev) * eps),
+        ("you subtracted the predicted noise from x_t; DDIM rebuilds x_{t−1} from x̂0 and ε̂", x_t - eps),
+        ("do not clip x̂0 in this exercise: use the formula's value as it is", step(a_t, a_prev, clip=True)),
+    ]
+    if 0 <= prev_t != t - 1:
+        slips.append((f"the previous timestep is prev_t = {prev_t}, not t − 1 = {t - 1}: the sampler skips "
+                      f"{t - prev_t} steps at a time", step(a_t, ab[t - 1])))
+    return slips
+
+
+def check_ddim_step(fn: Callable[[torch.Tensor, int, torch.Tensor, int, torch.Tensor], torch.Tensor]) -> None:
+    """Check ``fn(eps, t, x_t, prev_t, alphas_cumprod) -> x_{t−1}``, one deterministic DDIM step (η = 0).
+
+    x_{t−1} = √ᾱ_{t−1} · x̂0 + √(1 − ᾱ_{t−1}) · ε̂ with x̂0 = (x_t − √(1 − ᾱ_t) · ε̂) / √ᾱ_t and
+    ᾱ_{t−1} = alphas_cumprod[prev_t], or 1 when prev_t = −1 (Song et al. 2021, eq. 12 with σ_t = 0).
+    """
+    x_t, eps, ab = _ch3_inputs(32)
+    for t, prev_t in ((980, 960), (500, 480), (40, 20), (20, 0), (0, -1)):
+        a_prev = ab[prev_t] if prev_t >= 0 else torch.tensor(1.0, dtype=ab.dtype)
+        x0 = (x_t - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
+        expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        got = _call(fn, eps.clone(), t, x_t.clone(), prev_t, ab.clone())
+        if got.shape != expected.shape:
+            raise ExerciseError(f"x_(t−1) must have the shape of x_t {tuple(x_t.shape)}; got {tuple(got.shape)}")
+        if _ch3_close(got, expected):
+            continue
+        hint = _first_slip(got, _ddim_slips(eps, t, x_t, prev_t, ab))
+        where = f"step t = {t} → prev_t = {prev_t}"
+        if hint:
+            raise ExerciseError(f"at {where}: {hint}.")
+        err = (got - expected).abs().max().item()
+        raise ExerciseError(f"at {where} x_(t−1) is off by up to {err:.4g}; recheck "
+                            "x_(t−1) = √ᾱ_(t−1) · x̂0 + √(1 − ᾱ_(t−1)) · ε̂")
+    _passed("DDIM step")
