@@ -2,12 +2,13 @@
 
 Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
 ``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
-``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.samplers``.
+``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.samplers``, ``sd.evaluate``.
 The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
 
-from sdlab import checkpoints, checks, data, evaluate, images, plotting, samplers, schedules, train, unet, widgets
+from sdlab import (checkpoints, checks, data, evaluate, images, plotting, samplers, schedules, silhouettes, train,
+                   unet, widgets)
 from sdlab.config import QUICK_ENV, is_quick, quick_or_full
 from sdlab.device import pick_device
 from sdlab.schedules import SCHEDULE_NAMES, NoiseSchedule, make_betas
@@ -24,6 +25,7 @@ __all__ = [
     "plotting",
     "samplers",
     "schedules",
+    "silhouettes",
     "train",
     "unet",
     "widgets",

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sdlab.data as data
+import sdlab.silhouettes as silhouettes
 from sdlab.data import (ANIMALS, COLOUR_RGB, COLOURS, HELD_OUT, POSITIONS, SIZE_FRACTIONS, SIZES, SceneSpec,
                         benchmark_scenes, load_silhouettes, make_scenes, make_silhouette_batch, render_scenes)
 
@@ -41,7 +42,7 @@ def test_load_silhouettes_split_is_last_100_of_each_class():
     assert test.shape == (1000, 28, 28)
     assert torch.equal(torch.bincount(train_labels), torch.full((10,), 900))
     assert torch.equal(torch.bincount(test_labels), torch.full((10,), 100))
-    everything, labels = data._raw()
+    everything, labels = silhouettes._raw()
     cat = ANIMALS.index("cat")
     cats, cat_labels = load_silhouettes(classes=("cat",), split="test")
     assert torch.equal(cats, everything[cat * 1000 + 900: cat * 1000 + 1000]) and set(cat_labels.tolist()) == {cat}
@@ -53,15 +54,15 @@ def test_loading_imports_neither_the_package_nor_tensorflow():
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(data, "_PACKAGE", "animal_mnist_is_not_installed")
+    monkeypatch.setattr(silhouettes, "_PACKAGE", "animal_mnist_is_not_installed")
     with pytest.raises(ImportError, match=re.escape("pip install --no-deps animal-mnist==0.4")):
-        data._data_dir()
+        silhouettes._data_dir()
 
 
 def test_unpickler_refuses_anything_but_numpy_arrays():
     payload = pickle.dumps(collections.OrderedDict(a=1))
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle collections.OrderedDict"):
-        data._ArrayUnpickler(io.BytesIO(payload)).load()
+        silhouettes._ArrayUnpickler(io.BytesIO(payload)).load()
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -194,7 +195,7 @@ def test_silhouette_batch(kind):
 
 def test_silhouette_batch_test_split_uses_test_frames():
     images, labels = make_silhouette_batch(20, classes="cat", resolution=32, split="test", generator=seeded(2))
-    frames = data._frame_bank(32, "grey").float() / 127.5 - 1
+    frames = silhouettes._frame_bank(32, "grey").float() / 127.5 - 1
     cat = ANIMALS.index("cat") * 1000
     match = (images[:, None, 0] == frames[None, cat: cat + 1000]).flatten(2).all(2)  # (20, 1000)
     assert match.any(1).all() and not match[:, :900].any()
