@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import numbers
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,21 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 _PANEL_PIXELS = 192  # each panel is drawn about this many pixels wide (a whole multiple of the image)
 _GAP = 4  # pixels around and between panels
 _DPI = 72  # frames are PNGs at this resolution (12-point titles are 12 pixels high)
+# to_jshtml draws its buttons with Font Awesome icons from a CDN; the course's pages work offline, so the
+# stylesheet link goes and each icon becomes a character that every font has.
+_FONT_AWESOME = re.compile(r'<link rel="stylesheet"\s+href="https://[^"]*font-awesome[^"]*">\n?')
+_ICON_TEXT = {
+    "fa-minus": "\u2212", "fa-fast-backward": "\u21e4", "fa-step-backward": "\u2039",
+    "fa-play fa-flip-horizontal": "\u25c0", "fa-pause": "\u275a\u275a", "fa-play": "\u25b6",
+    "fa-step-forward": "\u203a", "fa-fast-forward": "\u21e5", "fa-plus": "+",
+}
+_ICON = re.compile(r'<i class="fa ([^"]+)"></i>')
+
+
+def _offline_buttons(html: str) -> str:
+    """matplotlib's player without its one download: no Font Awesome stylesheet, plain characters as icons."""
+    html = _FONT_AWESOME.sub("", html)
+    return _ICON.sub(lambda m: f'<span aria-hidden="true">{_ICON_TEXT.get(m[1], m[1])}</span>', html)
 
 
 def _panel_pixels(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -147,7 +163,8 @@ class FramePlayer:
         if self._html is None:
             fig, update = self._figure()
             animation = FuncAnimation(fig, update, frames=len(self.frames), interval=self.interval_ms, repeat=False)
-            self._html = animation.to_jshtml(fps=1000.0 / self.interval_ms, embed_frames=True, default_mode="once")
+            html = animation.to_jshtml(fps=1000.0 / self.interval_ms, embed_frames=True, default_mode="once")
+            self._html = _offline_buttons(html)
         return self._html
 
     def frame_png(self, index: int) -> bytes:

@@ -56,6 +56,14 @@ def test_html_player_embeds_every_frame(player):
     assert len(html) < 400_000  # 11 PNG frames of a 64 x 64 noisy image stay light for the website
 
 
+def test_html_player_needs_no_download(player):
+    html = player.to_html()
+    assert "font-awesome" not in html and "<link" not in html and 'class="fa ' not in html
+    assert not re.findall(r'(?:src|href)="(?!data:)', html)  # nothing is fetched: frames are data: URLs
+    for glyph in ("\u25b6", "\u25c0", "\u275a\u275a", "\u21e4", "\u21e5"):  # play, reverse, pause, first, last
+        assert glyph in html
+
+
 def test_frames_are_the_rendered_images(x0, player):
     frames = player.player.frames
     assert len(frames) == 11 and all(len(f) == 1 for f in frames)
