@@ -9,6 +9,7 @@ numbers, which slip it probably is. The checks never print a solution.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NoReturn
 
 import torch
 
@@ -300,8 +301,14 @@ def _ch3_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x_t, eps, NoiseSchedule("cosine").alphas_cumprod.double()
 
 
-def _first_slip(got: torch.Tensor, slips: list[tuple[str, torch.Tensor]]) -> str | None:
-    return next((hint for hint, wrong in slips if _ch3_close(got, wrong)), None)
+def _raise_miss(got: torch.Tensor, expected: torch.Tensor, slips: list[tuple[str, torch.Tensor]], *,
+                where: str, what: str, advice: str) -> NoReturn:
+    """Name the first plausible slip that ``got`` matches, or else say how far off it is and what to recheck."""
+    hint = next((hint for hint, wrong in slips if _ch3_close(got, wrong)), None)
+    if hint:
+        raise ExerciseError(f"at {where}: {hint}.")
+    err = (got - expected).abs().max().item()
+    raise ExerciseError(f"at {where} {what} is off by up to {err:.4g}; {advice}")
 
 
 def check_pred_original_sample(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
@@ -334,12 +341,8 @@ def check_pred_original_sample(fn: Callable[[torch.Tensor, torch.Tensor, torch.T
             ("do not clip x̂0 in this exercise: return the formula's value as it is",
              ((x_t - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)),
         ]
-        hint = _first_slip(got, slips)
-        if hint:
-            raise ExerciseError(f"at ᾱ_t = {a:.4f} (t = {t}): {hint}.")
-        err = (got - expected).abs().max().item()
-        raise ExerciseError(f"at ᾱ_t = {a:.4f} (t = {t}) x̂0 is off by up to {err:.4g}; solve "
-                            "x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε for x0")
+        _raise_miss(got, expected, slips, where=f"ᾱ_t = {a:.4f} (t = {t})", what="x̂0",
+                    advice="solve x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε for x0")
     _passed("pred_original_sample")
 
 
@@ -397,11 +400,6 @@ def check_ddim_step(fn: Callable[[torch.Tensor, int, torch.Tensor, int, torch.Te
             raise ExerciseError(f"x_(t−1) must have the shape of x_t {tuple(x_t.shape)}; got {tuple(got.shape)}")
         if _ch3_close(got, expected):
             continue
-        hint = _first_slip(got, _ddim_slips(eps, t, x_t, prev_t, ab))
-        where = f"step t = {t} → prev_t = {prev_t}"
-        if hint:
-            raise ExerciseError(f"at {where}: {hint}.")
-        err = (got - expected).abs().max().item()
-        raise ExerciseError(f"at {where} x_(t−1) is off by up to {err:.4g}; recheck "
-                            "x_(t−1) = √ᾱ_(t−1) · x̂0 + √(1 − ᾱ_(t−1)) · ε̂")
+        _raise_miss(got, expected, _ddim_slips(eps, t, x_t, prev_t, ab), where=f"step t = {t} → prev_t = {prev_t}",
+                    what="x_(t−1)", advice="recheck x_(t−1) = √ᾱ_(t−1) · x̂0 + √(1 − ᾱ_(t−1)) · ε̂")
     _passed("DDIM step")

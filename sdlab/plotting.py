@@ -291,6 +291,16 @@ def _target_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure,
     return ax.figure, ax
 
 
+def _finish_loss_axes(fig: Figure, ax: Axes, *, xlabel: str, title: str | None) -> Figure:
+    """The common finish of the loss plots: log-scale MSE axis, grid, legend, optional title."""
+    ax.set(xlabel=xlabel, ylabel="loss (mean squared error)", yscale="log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return fig
+
+
 def moving_average(values: Any, window: int) -> np.ndarray:
     """Trailing mean over the last ``window`` values (fewer at the start): m_i = mean(v[max(0, i−w+1) … i]).
 
@@ -338,12 +348,7 @@ def plot_losses(
     (line,) = ax.plot(steps, moving_average(values, smooth), color=color, lw=2,
                       label=label or f"moving average of {smooth * every} steps")
     ax.plot(steps, values, color=line.get_color(), lw=0.8, alpha=0.25)
-    ax.set(xlabel="training step", ylabel="loss (mean squared error)", yscale="log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=9)
-    if title:
-        ax.set_title(title, fontsize=11)
-    return fig
+    return _finish_loss_axes(fig, ax, xlabel="training step", title=title)
 
 
 def plot_per_timestep_loss(
@@ -380,12 +385,7 @@ def plot_per_timestep_loss(
         if ref.size != t.size:
             raise ValueError(f"baselines[{name!r}] has {ref.size} entries but centres has {t.size}")
         ax.plot(t, ref, "--", lw=1.5, label=name, color=f"C{i + 1}")
-    ax.set(xlabel="timestep t (noisier →)", ylabel="loss (mean squared error)", yscale="log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=9)
-    if title:
-        ax.set_title(title, fontsize=11)
-    return fig
+    return _finish_loss_axes(fig, ax, xlabel="timestep t (noisier →)", title=title)
 
 
 def plot_noise_guesses(
