@@ -19,29 +19,25 @@ float32 cumprod by < 5e-7; over 1000 steps, β_t = 1 − ᾱ_t / ᾱ_{t−1} mag
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, NamedTuple, get_args
+from typing import Any, Callable, Literal, Mapping, Protocol, get_args
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sdlab.random import Generators, randn_tensor
+from sdlab.sampler_base import PredictionType, SamplerBase, StepOutput, predict_epsilon, predict_original_sample
 from sdlab.schedules import NoiseSchedule
 
 __all__ = [
-    "PredictionType", "VarianceType", "StepOutput", "Trajectory", "predict_original_sample", "predict_epsilon",
-    "randn_tensor", "DDPMSampler", "DDIMSampler", "sample", "run_diffusers_scheduler",
+    "PredictionType", "VarianceType", "StepOutput", "Trajectory", "Scheduler", "predict_original_sample",
+    "predict_epsilon", "randn_tensor", "DDPMSampler", "DDIMSampler", "sample", "run_diffusers_scheduler",
 ]
 
-PredictionType = Literal["epsilon", "v_prediction"]
 VarianceType = Literal["fixed_small", "fixed_large"]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class StepOutput(NamedTuple):
-    """What one reverse step returns (diffusers' field names)."""
-
-    prev_sample: torch.Tensor  # x_{t−1}: (B, C, H, W)
-    pred_original_sample: torch.Tensor  # x̂0 at step t: (B, C, H, W)
 
 
 @dataclass
@@ -58,140 +54,7 @@ class Trajectory:
     pred_original_samples: list[torch.Tensor] = field(default_factory=list)
 
 
-def _check_prediction_type(prediction_type: str) -> None:
-    if prediction_type not in get_args(PredictionType):
-        raise ValueError(f"prediction_type must be one of {get_args(PredictionType)}; got {prediction_type!r}")
-
-
-def predict_original_sample(
-    model_output: torch.Tensor,
-    sample: torch.Tensor,
-    alpha_prod_t: float | torch.Tensor,
-    *,
-    prediction_type: PredictionType = "epsilon",
-) -> torch.Tensor:
-    """Return x̂0, the clean image the model's output implies at a step with ᾱ_t = ``alpha_prod_t``.
-
-    - ``epsilon``: x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε, solved for x0 (Ho et al. 2020, eq. 15):
-      x̂0 = (x_t − √(1 − ᾱ_t) · ε̂) / √ᾱ_t.
-    - ``v_prediction``: v = √ᾱ_t ε − √(1 − ᾱ_t) x0 (Salimans & Ho 2022): x̂0 = √ᾱ_t x_t − √(1 − ᾱ_t) v̂.
-
-    Args:
-        model_output: ε̂ or v̂, (B, C, H, W).
-        sample: x_t, same shape.
-        alpha_prod_t: ᾱ_t in (0, 1], a float or a 0-dim tensor.
-    Returns:
-        x̂0, same shape, device and dtype as ``sample``.
-    """
-    _check_prediction_type(prediction_type)
-    if prediction_type == "epsilon":
-        return (sample - (1 - alpha_prod_t) ** 0.5 * model_output) / alpha_prod_t**0.5
-    return alpha_prod_t**0.5 * sample - (1 - alpha_prod_t) ** 0.5 * model_output
-
-
-def predict_epsilon(
-    model_output: torch.Tensor,
-    sample: torch.Tensor,
-    alpha_prod_t: float | torch.Tensor,
-    *,
-    prediction_type: PredictionType = "epsilon",
-) -> torch.Tensor:
-    """Return ε̂, the noise the model's output implies: the output itself, or √ᾱ_t v̂ + √(1 − ᾱ_t) x_t for v."""
-    _check_prediction_type(prediction_type)
-    if prediction_type == "epsilon":
-        return model_output
-    return alpha_prod_t**0.5 * model_output + (1 - alpha_prod_t) ** 0.5 * sample
-
-
-def randn_tensor(
-    shape: tuple[int, ...],
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Draw z ~ N(0, I) of ``shape`` as diffusers does: on a CPU generator's device, then moved to ``device``.
-
-    So a CPU generator gives the same numbers whether the images live on the CPU or a GPU.
-    """
-    device = torch.device("cpu") if device is None else torch.device(device)
-    draw_on = generator.device if generator is not None and generator.device.type == "cpu" else device
-    return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
-
-
-class _Sampler:
-    """What DDPM and DDIM share: the timesteps, input checks and x̂0."""
-
-    def __init__(self, schedule: NoiseSchedule, *, prediction_type: PredictionType, clip_sample: bool) -> None:
-        if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(f"schedule must be a sdlab NoiseSchedule; got {type(schedule).__name__}")
-        _check_prediction_type(prediction_type)
-        if not isinstance(clip_sample, bool):
-            raise TypeError(f"clip_sample must be True or False; got {clip_sample!r}")
-        self.schedule = schedule
-        self.alphas_cumprod = schedule.alphas_cumprod  # ᾱ_t, (T,) float32 on the CPU
-        self.num_train_timesteps = schedule.num_train_timesteps
-        self.prediction_type = prediction_type
-        self.clip_sample = clip_sample
-        self.num_inference_steps: int | None = None
-        self.timesteps: torch.Tensor | None = None
-        self.final_alpha_cumprod = 1.0  # ᾱ "before" the first timestep: a clean image
-
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Choose n evenly spaced timesteps, t = k · (T // n) for k = n−1, …, 0 (diffusers' "leading")."""
-        T = self.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-            raise TypeError(f"num_inference_steps must be an int; got {type(num_inference_steps).__name__}")
-        if not 1 <= num_inference_steps <= T:
-            raise ValueError(f"num_inference_steps must lie in [1, {T}] for this schedule; got {num_inference_steps}")
-        self.num_inference_steps = num_inference_steps
-        self.timesteps = torch.arange(num_inference_steps - 1, -1, -1) * (T // num_inference_steps)
-
-    def previous_timestep(self, timestep: int) -> int:
-        """The timestep after ``timestep`` in the reverse chain; −1 after the last one."""
-        return timestep - self.num_train_timesteps // self.num_inference_steps
-
-    def _check_step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor) -> int:
-        """Validate the arguments of ``step`` and return the timestep as an int."""
-        if self.timesteps is None:
-            raise RuntimeError(f"call set_timesteps(num_inference_steps) before {type(self).__name__}.step")
-        for name, x in (("model_output", model_output), ("sample", sample)):
-            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-                raise TypeError(f"{name} must be a floating-point torch.Tensor; got {type(x).__name__}")
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"model_output must have the shape of sample {tuple(sample.shape)}; got {tuple(model_output.shape)}"
-            )
-        if model_output.device != sample.device:
-            raise ValueError(f"model_output is on {model_output.device} but sample is on {sample.device}")
-        if model_output.dtype != sample.dtype:
-            raise ValueError(f"model_output has dtype {model_output.dtype} but sample has dtype {sample.dtype}")
-        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
-            raise ValueError(f"timestep must be one timestep for the whole batch; got shape {tuple(timestep.shape)}")
-        t = int(self.schedule.check_timesteps(timestep, name="timestep"))
-        if t not in self.timesteps:
-            ts = self.timesteps.tolist()
-            shown = ", ".join(map(str, ts)) if len(ts) <= 6 else ", ".join(map(str, ts[:3])) + ", ..., 0"
-            raise ValueError(f"timestep {t} is not one of this sampler's timesteps [{shown}]")
-        return t
-
-    def _alpha_prods(self, t: int, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ᾱ_t and ᾱ_{t−1} (previous timestep) as 0-dim tensors: float32 as diffusers, float64 for float64 samples."""
-        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
-        prev_t = self.previous_timestep(t)
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(self.final_alpha_cumprod)
-        return self.alphas_cumprod[t].to(dtype), alpha_prod_t_prev.to(dtype)
-
-    def _pred_original_sample(self, model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor):
-        """x̂0 from the model output, clamped to [−1, 1] if ``clip_sample``."""
-        x0 = predict_original_sample(model_output, sample, alpha_prod_t, prediction_type=self.prediction_type)
-        return x0.clamp(-1.0, 1.0) if self.clip_sample else x0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.schedule!r}, prediction_type={self.prediction_type!r})"
-
-
-class DDPMSampler(_Sampler):
+class DDPMSampler(SamplerBase):
     """Ancestral sampling of DDPM (Ho et al. 2020, Algorithm 2), on any subset of the timesteps.
 
     Example:
@@ -206,11 +69,16 @@ class DDPMSampler(_Sampler):
         prediction_type: PredictionType = "epsilon",
         clip_sample: bool = True,
         variance_type: VarianceType = "fixed_small",
+        steps_offset: int = 0,
     ) -> None:
-        super().__init__(schedule, prediction_type=prediction_type, clip_sample=clip_sample)
+        super().__init__(schedule, prediction_type=prediction_type, clip_sample=clip_sample,
+                         steps_offset=steps_offset)
         if variance_type not in get_args(VarianceType):
             raise ValueError(f"variance_type must be one of {get_args(VarianceType)}; got {variance_type!r}")
         self.variance_type = variance_type
+
+    def _own_config(self) -> dict[str, Any]:
+        return {"variance_type": self.variance_type}
 
     def step(
         self,
@@ -218,8 +86,9 @@ class DDPMSampler(_Sampler):
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
-    ) -> StepOutput:
+        generator: Generators = None,
+        return_dict: bool = True,
+    ) -> StepOutput | tuple[torch.Tensor, torch.Tensor]:
         """One reverse step x_t → x_{t−1} ~ N(μ̃_t, σ_t² I).
 
         The mean is the posterior mean of q(x_{t−1} | x_t, x0) with x̂0 for x0 (Ho et al. 2020, eq. 7):
@@ -234,7 +103,8 @@ class DDPMSampler(_Sampler):
             model_output: ε̂ or v̂ from the model, (B, C, H, W).
             timestep: t, one of ``self.timesteps``.
             sample: x_t, (B, C, H, W).
-            generator: for the noise z.
+            generator: for the noise z (a CPU generator works for samples on any device).
+            return_dict: False returns the plain tuple (prev_sample, pred_original_sample).
         Returns:
             StepOutput(prev_sample=x_{t−1}, pred_original_sample=x̂0), each (B, C, H, W).
         """
@@ -253,10 +123,10 @@ class DDPMSampler(_Sampler):
             variance = beta_tilde_t if self.variance_type == "fixed_small" else beta_t
             z = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             prev_sample = prev_sample + variance**0.5 * z
-        return StepOutput(prev_sample, x0)
+        return self._output(prev_sample, x0, return_dict)
 
 
-class DDIMSampler(_Sampler):
+class DDIMSampler(SamplerBase):
     """DDIM (Song et al. 2021): η = 0 is deterministic, η = 1 is DDPM's ancestral sampling.
 
     Example:
@@ -272,13 +142,19 @@ class DDIMSampler(_Sampler):
         prediction_type: PredictionType = "epsilon",
         clip_sample: bool = True,
         set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
     ) -> None:
-        super().__init__(schedule, prediction_type=prediction_type, clip_sample=clip_sample)
+        super().__init__(schedule, prediction_type=prediction_type, clip_sample=clip_sample,
+                         steps_offset=steps_offset)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
             raise ValueError(f"eta must be a number in [0, 1]; got {eta!r}")
         self.eta = float(eta)
         # ᾱ "before" the first timestep: 1 (a clean image) or ᾱ_0 (diffusers' set_alpha_to_one).
+        self.set_alpha_to_one = set_alpha_to_one
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
+
+    def _own_config(self) -> dict[str, Any]:
+        return {"set_alpha_to_one": self.set_alpha_to_one, "eta": self.eta}
 
     def step(
         self,
@@ -286,8 +162,9 @@ class DDIMSampler(_Sampler):
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
-    ) -> StepOutput:
+        generator: Generators = None,
+        return_dict: bool = True,
+    ) -> StepOutput | tuple[torch.Tensor, torch.Tensor]:
         """One DDIM step x_t → x_{t−1} (Song et al. 2021, eq. 12):
 
             x_{t−1} = √ᾱ_{t−1} · x̂0  +  √(1 − ᾱ_{t−1} − σ_t²) · ε̂  +  σ_t z,   z ~ N(0, I),
@@ -300,7 +177,8 @@ class DDIMSampler(_Sampler):
             model_output: ε̂ or v̂ from the model, (B, C, H, W).
             timestep: t, one of ``self.timesteps``.
             sample: x_t, (B, C, H, W).
-            generator: for the noise z.
+            generator: for the noise z (a CPU generator works for samples on any device).
+            return_dict: False returns the plain tuple (prev_sample, pred_original_sample).
         Returns:
             StepOutput(prev_sample=x_{t−1}, pred_original_sample=x̂0), each (B, C, H, W).
         """
@@ -317,14 +195,44 @@ class DDIMSampler(_Sampler):
         if self.eta > 0:
             z = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             prev_sample = prev_sample + sigma_t * z
-        return StepOutput(prev_sample, x0)
+        return self._output(prev_sample, x0, return_dict)
+
+
+class Scheduler(Protocol):
+    """What the sampling loop needs of a sampler: sdlab's DDPM/DDIM and every diffusers scheduler have it."""
+
+    timesteps: torch.Tensor
+    init_noise_sigma: float
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None: ...
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor: ...
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, **kwargs: Any) -> Any: ...
 
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    positive_ints = all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
-    if not isinstance(shape, (tuple, list, torch.Size)) or not positive_ints:
+    if not isinstance(shape, (tuple, list, torch.Size)):
         raise ValueError(f"shape must be a tuple of positive ints such as (B, C, H, W); got {shape!r}")
-    return tuple(shape)
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise ValueError(f"shape must be a tuple of positive ints such as (B, C, H, W); got {shape!r}")
+    return tuple(int(n) for n in shape)
+
+
+def _check_scheduler(sampler: Any) -> None:
+    missing = [name for name in ("set_timesteps", "step", "scale_model_input", "timesteps", "init_noise_sigma")
+               if not hasattr(sampler, name)]
+    if missing:
+        raise TypeError(f"sampler must be a sdlab sampler or a diffusers scheduler; {type(sampler).__name__} "
+                        f"lacks {', '.join(missing)}")
+
+
+def _step_kwargs(sampler: Scheduler, generator: Generators, step_kwargs: Mapping[str, Any] | None) -> dict:
+    """Extra arguments for ``sampler.step``: ``step_kwargs``, plus the generator where the step takes one."""
+    kwargs = dict(step_kwargs or {})
+    if generator is not None and "generator" in inspect.signature(sampler.step).parameters:
+        kwargs["generator"] = generator
+    return kwargs
 
 
 def _record(trajectory: Trajectory, t: torch.Tensor, out: Any) -> None:
@@ -339,80 +247,61 @@ def sample(
     model_fn: ModelFn,
     shape: tuple[int, ...],
     *,
-    sampler: DDPMSampler | DDIMSampler,
+    sampler: Scheduler,
     num_inference_steps: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    latents: torch.Tensor | None = None,
+    step_kwargs: Mapping[str, Any] | None = None,
     return_trajectory: bool = False,
     progress: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
-    """Generate images: start from pure noise x_T ~ N(0, I) and step down to x_0.
+    """Generate images: start from noise x_T and step down to x_0, with any sampler.
+
+    ``sampler`` is one of the course's (DDPMSampler, DDIMSampler) or any diffusers scheduler
+    (DDIM, DPM-Solver++, Euler, ...): the loop is the one diffusers' pipelines run. Two of its
+    lines matter only for some diffusers schedulers: x_T is scaled by ``init_noise_sigma``
+    (Euler starts from N(0, σ_max² I)), and the model sees ``scale_model_input(x_t, t)``;
+    for DDPM and DDIM both leave x_t unchanged.
 
     Args:
         model_fn: ``model_fn(x_t, t)`` returns the model output (B, C, H, W); ``t`` is a
-            0-dim int64 tensor from ``sampler.timesteps``, as diffusers' pipelines pass it.
+            0-dim tensor from ``sampler.timesteps``, as diffusers' pipelines pass it.
         shape: (B, C, H, W) of the images to make.
-        sampler: a DDPMSampler or DDIMSampler.
+        sampler: a sampler or scheduler with diffusers' protocol (:class:`Scheduler`).
         num_inference_steps: how many reverse steps, 1..T.
-        generator: seeds x_T and every step's noise.
+        generator: seeds x_T and every step's noise (one, or one per image).
         device, dtype: where x_T is created (default: CPU, float32).
+        latents: x_T itself, (B, C, H, W), instead of drawing it (still scaled by ``init_noise_sigma``).
+        step_kwargs: extra keyword arguments for ``sampler.step``, e.g. ``{"eta": 0.5}`` for diffusers' DDIM.
         return_trajectory: also return a Trajectory of every x_t and x̂0.
         progress: show a tqdm progress bar.
     Returns:
         x_0, (B, C, H, W); with ``return_trajectory``, the pair (x_0, trajectory).
     """
-    sampler.set_timesteps(num_inference_steps)
-    x = randn_tensor(_check_shape(shape), generator=generator, device=device, dtype=dtype)  # x_T
+    _check_scheduler(sampler)
+    shape = _check_shape(shape)
+    kwargs = _step_kwargs(sampler, generator, step_kwargs)
+    if latents is None:
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    elif tuple(latents.shape) != shape:
+        raise ValueError(f"latents must have shape {shape}; got {tuple(latents.shape)}")
+    sampler.set_timesteps(num_inference_steps, device=latents.device)
+    x = latents * sampler.init_noise_sigma  # x_T
     trajectory = Trajectory(samples=[x.cpu()] if return_trajectory else [])
     for t in tqdm(sampler.timesteps, desc=type(sampler).__name__, disable=not progress):
-        model_output = model_fn(x, t)  # ε̂ (or v̂) at step t
-        out = sampler.step(model_output, t, x, generator=generator)  # x_t → x_{t−1}
+        model_output = model_fn(sampler.scale_model_input(x, t), t)  # ε̂ (or v̂) at step t
+        out = sampler.step(model_output, t, x, **kwargs)  # x_t → x_{t−1}
         x = out.prev_sample
         if return_trajectory:
             _record(trajectory, t, out)
     return (x, trajectory) if return_trajectory else x
 
 
-def run_diffusers_scheduler(
-    model_fn: ModelFn,
-    shape: tuple[int, ...],
-    scheduler: Any,
-    *,
-    num_inference_steps: int,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    step_kwargs: Mapping[str, Any] | None = None,
-    return_trajectory: bool = False,
-    progress: bool = True,
-) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
-    """The loop of :func:`sample`, driving any diffusers scheduler (DDIM, DPM-Solver++, Euler, ...).
-
-    Two lines differ from our loop: some schedulers start from N(0, σ_max² I)
-    (``init_noise_sigma``) and want the model's input rescaled (``scale_model_input``).
-    DDPM and DDIM leave both at 1.
-
-    Args:
-        scheduler: a diffusers scheduler, e.g. ``DPMSolverMultistepScheduler(**schedule.diffusers_config())``.
-        step_kwargs: extra keyword arguments for ``scheduler.step``, e.g. ``{"eta": 0.5}`` for DDIM.
-        The other arguments are those of :func:`sample`.
-    Returns:
-        x_0, (B, C, H, W); with ``return_trajectory``, the pair (x_0, trajectory).
-    """
-    if not all(hasattr(scheduler, name) for name in ("set_timesteps", "step", "scale_model_input")):
-        raise TypeError(f"scheduler must be a diffusers scheduler; got {type(scheduler).__name__}")
-    step_kwargs = dict(step_kwargs or {})
-    if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
-        step_kwargs["generator"] = generator
-    scheduler.set_timesteps(num_inference_steps)
-    x = randn_tensor(_check_shape(shape), generator=generator, device=device, dtype=dtype)
-    x = x * scheduler.init_noise_sigma  # x_T
-    trajectory = Trajectory(samples=[x.cpu()] if return_trajectory else [])
-    for t in tqdm(scheduler.timesteps, desc=type(scheduler).__name__, disable=not progress):
-        model_output = model_fn(scheduler.scale_model_input(x, t), t)
-        out = scheduler.step(model_output, t, x, **step_kwargs)
-        x = out.prev_sample
-        if return_trajectory:
-            _record(trajectory, t, out)
-    return (x, trajectory) if return_trajectory else x
+def run_diffusers_scheduler(model_fn: ModelFn, shape: tuple[int, ...], scheduler: Scheduler, **kwargs: Any
+                            ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+    """Deprecated: :func:`sample` drives diffusers schedulers too; use ``sample(..., sampler=scheduler)``."""
+    warnings.warn("sd.samplers.run_diffusers_scheduler is deprecated: sd.samplers.sample(model_fn, shape, "
+                  "sampler=scheduler, ...) now drives any diffusers scheduler", DeprecationWarning, stacklevel=2)
+    return sample(model_fn, shape, sampler=scheduler, **kwargs)

@@ -8,7 +8,8 @@ Schedules are computed in float64 and stored as read-only float32 tensors.
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -128,6 +129,18 @@ class NoiseSchedule:
         if self.name != "cosine":
             config.update(beta_start=self.beta_start, beta_end=self.beta_end)
         return config
+
+    @classmethod
+    def from_diffusers_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
+        """The schedule a diffusers scheduler's config describes (the inverse of :meth:`diffusers_config`)."""
+        by_diffusers_name = {v: k for k, v in _DIFFUSERS_NAME.items()}
+        beta_schedule = config.get("beta_schedule", "linear")
+        if beta_schedule not in by_diffusers_name or config.get("trained_betas") is not None:
+            raise ValueError(f"beta_schedule must be one of {tuple(by_diffusers_name)} (no trained_betas); "
+                             f"got {beta_schedule!r}")
+        name = by_diffusers_name[beta_schedule]
+        betas = {} if name == "cosine" else {k: config[k] for k in ("beta_start", "beta_end") if k in config}
+        return cls(name, num_train_timesteps=int(config.get("num_train_timesteps", 1000)), **betas)
 
     def check_timesteps(self, t: int | torch.Tensor, *, batch_size: int | None = None, name: str = "t") -> torch.Tensor:
         """Validate ``t`` and return it as an int64 tensor of shape (B,) or ().

@@ -18,7 +18,6 @@ from sdlab.samplers import (
     predict_epsilon,
     predict_original_sample,
     randn_tensor,
-    run_diffusers_scheduler,
     sample,
 )
 
@@ -146,26 +145,26 @@ def test_whole_trajectory_matches_diffusers(schedules, name, n):
         )
         a = sample(fake_model, SHAPE, sampler=ours, num_inference_steps=n,
                    generator=torch.Generator().manual_seed(7), progress=False)
-        b = run_diffusers_scheduler(fake_model, SHAPE, theirs, num_inference_steps=n, step_kwargs=kwargs,
+        b = sample(fake_model, SHAPE, sampler=theirs, num_inference_steps=n, step_kwargs=kwargs,
                                     generator=torch.Generator().manual_seed(7), progress=False)
         diff = (a - b).abs().max().item()
         assert diff <= 1e-5, (kind, eta, options, prediction_type, diff)
 
 
-def test_run_diffusers_scheduler_with_ddim_equals_our_ddim(schedules):
+def test_sample_with_diffusers_ddim_equals_our_ddim(schedules):
     schedule = schedules["scaled_linear"]
     ours = sample(fake_model, SHAPE, sampler=DDIMSampler(schedule), num_inference_steps=20,
                   generator=torch.Generator().manual_seed(1), progress=False)
-    theirs = run_diffusers_scheduler(fake_model, SHAPE, DDIMScheduler(**schedule.diffusers_config()),
+    theirs = sample(fake_model, SHAPE, sampler=DDIMScheduler(**schedule.diffusers_config()),
                                      num_inference_steps=20, generator=torch.Generator().manual_seed(1), progress=False)
     assert (ours - theirs).abs().max().item() <= 1e-5
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers' DPM-Solver
-def test_run_diffusers_scheduler_drives_dpm_solver(schedules):
+def test_sample_drives_dpm_solver(schedules):
     schedule = schedules["linear"]
     scheduler = DPMSolverMultistepScheduler(**schedule.diffusers_config())
-    x, trajectory = run_diffusers_scheduler(fake_model, SHAPE, scheduler, num_inference_steps=10,
+    x, trajectory = sample(fake_model, SHAPE, sampler=scheduler, num_inference_steps=10,
                                             generator=torch.Generator().manual_seed(0), return_trajectory=True,
                                             progress=False)
     assert x.shape == SHAPE and torch.isfinite(x).all()
@@ -173,7 +172,7 @@ def test_run_diffusers_scheduler_drives_dpm_solver(schedules):
     assert trajectory.pred_original_samples == []  # DPM-Solver's step does not report x̂0
     # With the ideal denoiser for a single image, DPM-Solver++ lands on that image.
     x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(5)) * 1.6 - 0.8
-    out = run_diffusers_scheduler(point_mass_denoiser(x0, schedule.alphas_cumprod), SHAPE, scheduler,
+    out = sample(point_mass_denoiser(x0, schedule.alphas_cumprod), SHAPE, sampler=scheduler,
                                   num_inference_steps=10, generator=torch.Generator().manual_seed(0), progress=False)
     assert (out - x0).abs().max().item() < 1e-5
 
@@ -370,5 +369,6 @@ def test_bad_loop_arguments(schedules):
         sample(fake_model, (2, 0, 8), sampler=sampler, num_inference_steps=2, progress=False)
     with pytest.raises(ValueError, match=r"model_output must have the shape of sample \(2, 3, 8, 8\); got \(2, 3\)"):
         sample(lambda x, t: x[:, :, 0, 0], SHAPE, sampler=sampler, num_inference_steps=2, progress=False)
-    with pytest.raises(TypeError, match="scheduler must be a diffusers scheduler; got DDPMSampler"):
-        run_diffusers_scheduler(fake_model, SHAPE, sampler, num_inference_steps=2, progress=False)
+    with pytest.raises(TypeError, match="sampler must be a sdlab sampler or a diffusers scheduler; "
+                                        "NoiseSchedule lacks set_timesteps, step"):
+        sample(fake_model, SHAPE, sampler=schedules["linear"], num_inference_steps=2, progress=False)
