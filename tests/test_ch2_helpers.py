@@ -4,7 +4,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -15,10 +14,7 @@ from sdlab.checks import ExerciseError, check_diffusion_loss, check_eps_or_x0, c
 from sdlab.plotting import moving_average, plot_losses, plot_noise_guesses, plot_per_timestep_loss  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")  # tests/conftest.py
 
 
 def coefficients(ab, t):

@@ -18,10 +18,7 @@ from sdlab.plotting import plot_noising_grid, plot_schedules, show_images  # noq
 from sdlab.schedules import SCHEDULE_NAMES, NoiseSchedule  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
