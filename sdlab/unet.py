@@ -6,18 +6,20 @@ The layout is the DDPM U-Net (Ho et al. 2020, App. B), itself built on Ronneberg
                   └────────────── every activation is concatenated back in on the way up ──────────────┘
 
 The timestep t reaches every ResBlock through a sinusoidal embedding and an MLP. An optional class label
-adds a learned vector to that embedding; optional text embeddings (``context``) enter through
+adds a learned vector to that embedding; optional text embeddings (``encoder_hidden_states``) enter through
 cross-attention next to each self-attention. ``predict_noise`` calls this model or a diffusers U-Net alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from sdlab.unet_blocks import (  # re-exported: chapters and tests reach the blocks through sdlab.unet too
@@ -34,6 +36,7 @@ __all__ = [
     "TimeConditioning",
     "UNetConfig",
     "UNet",
+    "UNetOutput",
     "timestep_embedding",
     "predict_noise",
     "count_parameters",
@@ -150,6 +153,36 @@ def _check_positive_int(value: Any, name: str) -> None:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
+@dataclass
+class UNetOutput(BaseOutput):
+    """What ``UNet(..., return_dict=True)`` returns, as diffusers' models do: the prediction as ``.sample``."""
+
+    sample: torch.Tensor  # (B, out_channels, H, W)
+
+
+def _renamed_context(encoder_hidden_states: torch.Tensor | None, context: torch.Tensor | None) -> torch.Tensor | None:
+    """Accept the old keyword ``context`` with a DeprecationWarning; never both names at once."""
+    if context is None:
+        return encoder_hidden_states
+    if encoder_hidden_states is not None:
+        raise TypeError("pass encoder_hidden_states or context (its deprecated name), not both")
+    warnings.warn("the keyword 'context' is deprecated: call the model with encoder_hidden_states=..., as "
+                  "diffusers' UNet2DConditionModel", DeprecationWarning, stacklevel=3)
+    return context
+
+
+def _check_unused(options: dict[str, Any]) -> None:
+    """diffusers' extra call options are fine when None; anything else this model cannot honour."""
+    known = {"timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "attention_mask",
+             "encoder_attention_mask"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"UNet.forward() got unexpected keyword arguments {unknown}")
+    given = sorted(name for name, value in options.items() if value is not None)
+    if given:
+        raise ValueError(f"this UNet does not use {given}; pass None or leave them out")
+
+
 class UNetBlock(nn.Module):
     """One ResBlock, followed by SpatialAttention at the attention levels."""
 
@@ -224,9 +257,11 @@ class UNet(nn.Module):
             raise ValueError("this UNet has no class conditioning (num_classes=None), so it has no null class")
         return self.config.num_classes
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float, *, class_labels: torch.Tensor | int | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the noise ε in x_t.
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float,
+                encoder_hidden_states: torch.Tensor | None = None, *, class_labels: torch.Tensor | int | None = None,
+                return_dict: bool | None = None, context: torch.Tensor | None = None,
+                **diffusers_options: Any) -> torch.Tensor | UNetOutput | tuple[torch.Tensor]:
+        """Predict the noise ε in x_t; called as diffusers' ``UNet2DConditionModel`` is.
 
         Args:
             x: (B, in_channels, sample_size, sample_size) noisy images x_t.
@@ -235,11 +270,27 @@ class UNet(nn.Module):
                 ``num_classes`` (``model.null_class``) is the null class. Required exactly when the model was
                 built with ``num_classes`` (pass ``model.null_class`` for an unconditional prediction). Values
                 are not range-checked here (that would sync the GPU); nn.Embedding rejects bad ones.
-            context: (B, L, context_dim) text embeddings; required exactly when built with ``context_dim``.
+            encoder_hidden_states: (B, L, context_dim) text embeddings (per-token hidden states of a text
+                encoder); required exactly when built with ``context_dim``.
+            return_dict: None (default) returns the tensor; True a ``UNetOutput`` with ``.sample`` and False
+                the tuple ``(sample,)``, as diffusers' models do when their callers pass it.
+            context: deprecated name of ``encoder_hidden_states``.
+            diffusers_options: what diffusers' pipelines also pass (``timestep_cond``, ``cross_attention_kwargs``,
+                ``added_cond_kwargs``); accepted when None, since this model has no use for them.
 
         Returns:
             (B, out_channels, H, W) predicted noise ε̂, in x's dtype (or autocast's).
         """
+        encoder_hidden_states = _renamed_context(encoder_hidden_states, context)
+        _check_unused(diffusers_options)
+        eps = self._predict(x, t, encoder_hidden_states, class_labels)
+        if return_dict is None:
+            return eps
+        return UNetOutput(sample=eps) if return_dict else (eps,)
+
+    def _predict(self, x: torch.Tensor, t: torch.Tensor | int | float, context: torch.Tensor | None,
+                 class_labels: torch.Tensor | int | None) -> torch.Tensor:
+        """The network itself: x_t, t and the conditioning → ε̂."""
         self._check_x(x)
         emb = self.time_mlp(timestep_embedding(self._timesteps(t, x), self.config.base_channels).to(x.dtype))
         if self.class_embedding is not None:
@@ -310,18 +361,21 @@ class UNet(nn.Module):
         dim = self.config.context_dim
         if dim is None:
             if context is not None:
-                raise ValueError("context was given but this UNet has no cross-attention (context_dim=None)")
+                raise ValueError("encoder_hidden_states were given but this UNet has no cross-attention (context_dim=None)")
             return
         if context is None:
-            raise ValueError(f"this UNet is text-conditional (context_dim={dim}): pass context of shape (B, L, {dim})")
+            raise ValueError(f"this UNet is text-conditional (context_dim={dim}): pass encoder_hidden_states "
+                             f"of shape (B, L, {dim})")
         if not isinstance(context, torch.Tensor) or context.dim() != 3 or context.shape[0] != x.shape[0] \
                 or context.shape[2] != dim:
             shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
-            raise ValueError(f"context must have shape (B, L, context_dim) = ({x.shape[0]}, L, {dim}); got {shape}")
+            raise ValueError(f"encoder_hidden_states must have shape (B, L, context_dim) = ({x.shape[0]}, L, {dim}); "
+                             f"got {shape}")
 
 
 def predict_noise(model: nn.Module, x: torch.Tensor, t: torch.Tensor | int | float, *,
-                  class_labels: torch.Tensor | int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+                  class_labels: torch.Tensor | int | None = None, encoder_hidden_states: torch.Tensor | None = None,
+                  context: torch.Tensor | None = None) -> torch.Tensor:
     """Call an sdlab `UNet` or a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` and return ε̂.
 
     diffusers models return an output object whose ``.sample`` is the tensor and call the text embeddings
@@ -332,18 +386,20 @@ def predict_noise(model: nn.Module, x: torch.Tensor, t: torch.Tensor | int | flo
         x: (B, C, H, W) noisy images x_t.
         t: (B,) or () timesteps, or a Python number.
         class_labels: (B,) class labels, for class-conditional models only.
-        context: (B, L, D) text embeddings, for text-conditional models only.
+        encoder_hidden_states: (B, L, D) text embeddings, for text-conditional models only.
+        context: deprecated name of ``encoder_hidden_states``.
 
     Returns:
         (B, C_out, H, W) predicted noise.
     """
+    encoder_hidden_states = _renamed_context(encoder_hidden_states, context)
     if isinstance(model, UNet):
-        return model(x, t, class_labels=class_labels, context=context)
+        return model(x, t, encoder_hidden_states, class_labels=class_labels)
     kwargs: dict[str, Any] = {}
     if class_labels is not None:
         kwargs["class_labels"] = class_labels
-    if context is not None:
-        kwargs["encoder_hidden_states"] = context
+    if encoder_hidden_states is not None:
+        kwargs["encoder_hidden_states"] = encoder_hidden_states
     out = model(x, t, **kwargs)
     out = getattr(out, "sample", out[0] if isinstance(out, tuple) else out)
     if not isinstance(out, torch.Tensor):

@@ -59,7 +59,7 @@ def test_output_shape(overrides):
     if c.num_classes:
         cond["class_labels"] = torch.tensor([0, 4, c.num_classes])
     if c.context_dim:
-        cond["context"] = torch.randn(3, 7, c.context_dim)
+        cond["encoder_hidden_states"] = torch.randn(3, 7, c.context_dim)
     out = model(x, t, **cond)
     assert out.shape == (3, c.out_channels, c.sample_size, c.sample_size)
     assert out.dtype == x.dtype and torch.isfinite(out).all()
@@ -113,15 +113,15 @@ def test_context_changes_output_through_cross_attention():
     x, t = inputs(model.config)
     g = torch.Generator().manual_seed(5)
     c1, c2 = torch.randn(2, 4, 6, generator=g), torch.randn(2, 4, 6, generator=g)
-    assert not torch.allclose(model(x, t, context=c1), model(x, t, context=c2))
+    assert not torch.allclose(model(x, t, encoder_hidden_states=c1), model(x, t, encoder_hidden_states=c2))
     assert all(m.cross_attn is not None for m in model.modules() if type(m).__name__ == "SpatialAttention")
-    assert model(x, t, context=torch.randn(2, 9, 6)).shape == x.shape  # any number of tokens L
+    assert model(x, t, encoder_hidden_states=torch.randn(2, 9, 6)).shape == x.shape  # any number of tokens L
 
 
 def test_gradient_reaches_every_parameter():
     model = make_model(num_classes=3, context_dim=6, channel_mults=(1, 2, 2), sample_size=16, attention_levels=(1, 2))
     x, t = inputs(model.config)
-    out = model(x, t, class_labels=torch.tensor([0, 3]), context=torch.randn(2, 4, 6))
+    out = model(x, t, class_labels=torch.tensor([0, 3]), encoder_hidden_states=torch.randn(2, 4, 6))
     out.square().mean().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
@@ -271,7 +271,7 @@ def test_channels_last_and_bf16_autocast():
 def test_forward_compiles_as_one_graph():
     model = make_model(num_classes=3, context_dim=6)
     x, t = inputs(model.config)
-    cond = dict(class_labels=torch.tensor([0, 3]), context=torch.randn(2, 4, 6))
+    cond = dict(class_labels=torch.tensor([0, 3]), encoder_hidden_states=torch.randn(2, 4, 6))
     compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: no graph breaks, no .item()
     torch.testing.assert_close(compiled(x, t, **cond), model(x, t, **cond))
 
@@ -311,7 +311,7 @@ def test_predict_noise_passes_class_labels_and_context_to_diffusers():
         norm_num_groups=4, attention_head_dim=4, cross_attention_dim=6,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     context = torch.randn(2, 5, 6)
-    eps = predict_noise(cond_model, x, t, context=context)
+    eps = predict_noise(cond_model, x, t, encoder_hidden_states=context)
     torch.testing.assert_close(eps, cond_model(x, t, encoder_hidden_states=context).sample)
 
 
@@ -373,7 +373,7 @@ X = torch.zeros(2, 3, 8, 8)
     ((X, torch.tensor([1, 2, 3])), {}, ValueError, r"t must have shape \(\) or \(B,\) = \(2,\); got \(3,\)"),
     ((X, torch.zeros(2, 1)), {}, ValueError, r"t must have shape \(\) or \(B,\) = \(2,\); got \(2, 1\)"),
     ((X, 0), dict(class_labels=torch.tensor([0, 1])), ValueError, r"class_labels were given .* \(num_classes=None\)"),
-    ((X, 0), dict(context=torch.zeros(2, 4, 6)), ValueError, r"context was given .* \(context_dim=None\)"),
+    ((X, 0), dict(encoder_hidden_states=torch.zeros(2, 4, 6)), ValueError, r"encoder_hidden_states were given .* \(context_dim=None\)"),
 ])
 def test_bad_forward_inputs_raise(args, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -381,18 +381,49 @@ def test_bad_forward_inputs_raise(args, kwargs, error, match):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(context=torch.zeros(2, 4, 6)), ValueError, r"class-conditional \(num_classes=3\): pass class_labels, or "
+    (dict(encoder_hidden_states=torch.zeros(2, 4, 6)), ValueError, r"class-conditional \(num_classes=3\): pass class_labels, or "
                                                      r"class_labels=model.null_class \(3\)"),
-    (dict(class_labels=torch.tensor([0.0, 1.0]), context=torch.zeros(2, 4, 6)), TypeError,
+    (dict(class_labels=torch.tensor([0.0, 1.0]), encoder_hidden_states=torch.zeros(2, 4, 6)), TypeError,
      "class_labels must be an int or an integer tensor; got torch.float32"),
-    (dict(class_labels=torch.tensor([0, 1, 2]), context=torch.zeros(2, 4, 6)), ValueError,
+    (dict(class_labels=torch.tensor([0, 1, 2]), encoder_hidden_states=torch.zeros(2, 4, 6)), ValueError,
      r"class_labels must have shape \(B,\) = \(2,\); got \(3,\)"),
-    (dict(class_labels=1), ValueError, r"text-conditional \(context_dim=6\): pass context of shape \(B, L, 6\)"),
-    (dict(class_labels=1, context=torch.zeros(2, 4, 5)), ValueError,
-     r"context must have shape \(B, L, context_dim\) = \(2, L, 6\); got \(2, 4, 5\)"),
-    (dict(class_labels=1, context=torch.zeros(3, 4, 6)), ValueError, r"= \(2, L, 6\); got \(3, 4, 6\)"),
-    (dict(class_labels=1, context=torch.zeros(4, 6)), ValueError, r"= \(2, L, 6\); got \(4, 6\)"),
+    (dict(class_labels=1), ValueError, r"text-conditional \(context_dim=6\): pass encoder_hidden_states of shape \(B, L, 6\)"),
+    (dict(class_labels=1, encoder_hidden_states=torch.zeros(2, 4, 5)), ValueError,
+     r"encoder_hidden_states must have shape \(B, L, context_dim\) = \(2, L, 6\); got \(2, 4, 5\)"),
+    (dict(class_labels=1, encoder_hidden_states=torch.zeros(3, 4, 6)), ValueError, r"= \(2, L, 6\); got \(3, 4, 6\)"),
+    (dict(class_labels=1, encoder_hidden_states=torch.zeros(4, 6)), ValueError, r"= \(2, L, 6\); got \(4, 6\)"),
 ])
 def test_bad_conditioning_raises(kwargs, error, match):
     with pytest.raises(error, match=match):
         make_model(num_classes=3, context_dim=6)(X, 0, **kwargs)
+
+
+# --- diffusers' calling convention --------------------------------------------------------------------
+
+def test_context_is_a_deprecated_alias_of_encoder_hidden_states():
+    model = make_model(context_dim=6).eval()
+    x, t, text = torch.randn(2, 3, 8, 8), torch.tensor([3, 700]), torch.randn(2, 4, 6)
+    with pytest.warns(DeprecationWarning, match="encoder_hidden_states"):
+        old = model(x, t, context=text)
+    with pytest.warns(DeprecationWarning, match="encoder_hidden_states"):
+        via_helper = predict_noise(model, x, t, context=text)
+    new = model(x, t, encoder_hidden_states=text)
+    assert torch.equal(old, new) and torch.equal(via_helper, new)
+    with pytest.raises(TypeError, match="not both"):
+        model(x, t, encoder_hidden_states=text, context=text)
+
+
+def test_return_dict_as_diffusers_callers_pass_it():
+    model = make_model(context_dim=6).eval()
+    x, t, text = torch.randn(2, 3, 8, 8), torch.tensor([3, 700]), torch.randn(2, 4, 6)
+    eps = model(x, t, text)  # positional, as UNet2DConditionModel(sample, timestep, encoder_hidden_states)
+    assert isinstance(eps, torch.Tensor)
+    assert torch.equal(model(x, t, text, return_dict=True).sample, eps)
+    # StableDiffusionPipeline's own call:
+    out = model(x, t, encoder_hidden_states=text, timestep_cond=None, cross_attention_kwargs=None,
+                added_cond_kwargs=None, return_dict=False)
+    assert isinstance(out, tuple) and len(out) == 1 and torch.equal(out[0], eps)
+    with pytest.raises(ValueError, match=r"does not use \['cross_attention_kwargs'\]"):
+        model(x, t, text, cross_attention_kwargs={"scale": 0.5})
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['colour'\]"):
+        model(x, t, text, colour="red")
