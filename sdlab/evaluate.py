@@ -10,19 +10,20 @@ Fréchet distance between generated and real images (the recipe of FID, Heusel e
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
-from tqdm.auto import tqdm
 
 from sdlab.checkpoints import WEIGHTS_DIR, CheckpointError, load_checkpoint, save_checkpoint
 from sdlab.data import ANIMALS, load_silhouettes, make_silhouette_batch
+from sdlab.silhouettes import Split
+from sdlab.random import rand, randint, seeded_global_rng
 
 __all__ = [
     "CLASSES", "CatDogClassifier", "real_images", "train_classifier", "save_classifier", "load_classifier",
@@ -32,7 +33,6 @@ __all__ = [
 
 CLASSES = ("cat", "dog")  # label 0 is a cat, label 1 a dog
 _DOG = ANIMALS.index("dog")
-Split = Literal["train", "test"]
 
 
 class CatDogClassifier(nn.Module):
@@ -92,12 +92,26 @@ def real_images(*, split: Split = "test", resolution: int = 32) -> tuple[torch.T
 
 def _augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Random horizontal flips and shifts of up to 2 pixels (background −1 fills in)."""
-    flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
+    flip = rand((len(x),), generator=generator, device=x.device) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    dx, dy = (int(v) - 2 for v in torch.randint(0, 5, (2,), generator=generator, device=x.device))
+    dx, dy = (int(v) - 2 for v in randint(0, 5, (2,), generator=generator))
     padded = F.pad(x, (2, 2, 2, 2), value=-1.0)
     R = x.shape[-1]
     return padded[..., 2 + dy : 2 + dy + R, 2 + dx : 2 + dx + R]
+
+
+def _classifier_batch(batch_size: int, generator: torch.Generator, *, resolution: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmented cat and dog silhouettes of the "train" split and their labels (1 = dog)."""
+    x, animal = make_silhouette_batch(batch_size, classes=CLASSES, resolution=resolution, split="train",
+                                      generator=generator, device=generator.device)
+    return _augment(x, generator), (animal == _DOG).float()
+
+
+def _classifier_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+                     ) -> torch.Tensor:
+    x, is_dog = batch
+    return F.binary_cross_entropy_with_logits(model(x).float(), is_dog)
 
 
 def train_classifier(
@@ -112,30 +126,26 @@ def train_classifier(
 ) -> tuple[CatDogClassifier, list[float]]:
     """Train a :class:`CatDogClassifier` on the clean cat and dog silhouettes of the "train" split.
 
-    Binary cross-entropy, AdamW with cosine decay, random flips and small shifts.
+    Binary cross-entropy, random flips and small shifts, through the course's one loop
+    (:func:`sdlab.train.fit`: AdamW, warm-up for a tenth of the steps, cosine decay). ``generator``
+    seeds everything, the initial weights included, on any ``device``; without one the global RNG does.
 
     Returns:
         (classifier in eval mode, per-step losses).
     """
+    from sdlab.train import TrainConfig, fit  # sdlab.train imports the U-Net; keep this module light
+
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int; got {steps!r}")
-    device = torch.device("cpu") if device is None else torch.device(device)
-    model = CatDogClassifier(resolution=resolution).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
-        x, animal = make_silhouette_batch(batch_size, classes=CLASSES, resolution=resolution, split="train",
-                                          generator=generator, device=device)
-        logits = model(_augment(x, generator))
-        loss = F.binary_cross_entropy_with_logits(logits, (animal == _DOG).float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-    return model.eval(), losses
+    seed = int(randint(0, 2**31, (), generator=generator))
+    with seeded_global_rng(seed):
+        model = CatDogClassifier(resolution=resolution)
+    model = model.to("cpu" if device is None else device)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10),
+                         weight_decay=1e-2, ema_decay=0.0, grad_clip=10.0, seed=seed)
+    result = fit(model, _classifier_loss, functools.partial(_classifier_batch, resolution=resolution),
+                 config=config, progress=progress, desc="classifier")
+    return result.model, result.losses
 
 
 def save_classifier(path: str | Path, classifier: CatDogClassifier, *, info: dict | None = None) -> Path:

@@ -149,3 +149,43 @@ def test_ema_warms_up_instead_of_clinging_to_the_untrained_start():
     moved = sum((e - s).abs().sum() for e, s in zip(result.ema.parameters(), start.parameters()))
     travelled = sum((m - s).abs().sum() for m, s in zip(result.model.parameters(), start.parameters()))
     assert moved > 0.5 * travelled
+
+
+# --- fit: the same loop for any model ---------------------------------------------------------------
+
+def _line_data(batch_size, generator):
+    x = torch.randn(batch_size, 1, generator=generator, device=generator.device)
+    return x, 2 * x + 1
+
+
+def _mse(model, batch, generator):
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+def test_fit_trains_any_model_with_its_own_loss():
+    from sdlab.train import fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    result = fit(model, _mse, _line_data, config=TrainConfig(steps=300, batch_size=32, lr=0.05, warmup_steps=10,
+                                                              ema_decay=0.0), progress=False)
+    assert abs(result.model.weight.item() - 2) < 0.05 and abs(result.model.bias.item() - 1) < 0.05
+    assert len(result.losses) == 300 and result.losses[-1] < 1e-3 and not result.model.training
+
+
+def test_fit_leaves_frozen_parameters_alone_and_refuses_a_frozen_model():
+    from sdlab.train import fit
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Linear(4, 1))
+    model[0].requires_grad_(False)
+    frozen = model[0].weight.clone()
+    fit(model, _mse, _line_data, config=TrainConfig(steps=5, batch_size=8, warmup_steps=1), progress=False)
+    assert torch.equal(model[0].weight, frozen)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(model.requires_grad_(False), _mse, _line_data, config=TrainConfig(steps=1, batch_size=2), progress=False)
+
+
+def test_train_refuses_something_that_is_not_a_schedule():
+    with pytest.raises(TypeError, match="schedule must be a sdlab NoiseSchedule; got str"):
+        train(tiny_model(), "cosine", stripes, config=TrainConfig(steps=1, batch_size=2), progress=False)
