@@ -2,6 +2,9 @@
 
     .venv/bin/python scripts/train_weights.py scenes32   # chapter 2: colour scenes, 32x32
     .venv/bin/python scripts/train_weights.py catdog32   # chapter 3: cat and dog silhouettes only
+    .venv/bin/python scripts/train_weights.py catdog_classifier   # chapter 3's judge (about a minute)
+
+Every recipe lives in the registry of shipped weights, sdlab/pretrained.py.
 
 Each run prints its settings, time and final loss, and writes the weights (float16;
 the EMA or the final weights, as the recipe says) with the model config and loss
@@ -14,41 +17,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import sdlab as sd
-from sdlab.checkpoints import WEIGHTS_DIR, save_pretrained
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What one shipped model is trained on, how long, and which of its weights are shipped."""
-
-    data: Callable[[int, torch.Generator], torch.Tensor]  # (batch size, generator) -> clean images
-    unet: sd.UNetConfig
-    steps: int
-    # Which weights to ship: the EMA ("ema") pays off once a run is several times longer than the
-    # EMA's memory (about 1 / (1 - 0.999) = 1 000 steps); a 1 000-step run ships its final weights.
-    weights: str
-
-
-RECIPES = {
-    "scenes32": Recipe(
-        lambda n, g: sd.data.make_scenes(n, resolution=32, generator=g, device=g.device).images,
-        sd.UNetConfig(in_channels=3, out_channels=3, sample_size=32),
-        steps=1000, weights="final",
-    ),
-    "catdog32": Recipe(
-        lambda n, g: sd.data.make_silhouette_batch(n, classes=("cat", "dog"), resolution=32, generator=g,
-                                                   device=g.device)[0],
-        sd.UNetConfig(in_channels=1, out_channels=1, sample_size=32),
-        steps=4000, weights="ema",
-    ),
-}
+from sdlab.pretrained import REGISTRY, DiffusionRecipe, save_pretrained
 
 
 def _machine(device: torch.device) -> str:
@@ -59,29 +33,17 @@ def _machine(device: torch.device) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=sorted(RECIPES))
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    recipe = RECIPES[args.name]
+def train_unet(name: str, recipe: DiffusionRecipe, args: argparse.Namespace) -> None:
     device = sd.pick_device()
-    schedule = sd.NoiseSchedule("cosine")
-    config = sd.train.TrainConfig(steps=args.steps or recipe.steps, batch_size=args.batch_size, lr=1e-3,
-                                  warmup_steps=200, ema_decay=0.999, seed=0, checkpoint_every=250)
-    torch.manual_seed(0)
-    model = sd.UNet(recipe.unet).to(device)
-    print(f"{args.name}: {sd.unet.describe(model)}\n{config}")
-    checkpoint = Path(f"build/{args.name}-run.safetensors")
+    schedule = sd.NoiseSchedule(recipe.schedule)
+    config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
+        model = sd.UNet(recipe.unet).to(device)
+    print(f"{name}: {sd.unet.describe(model)}\n{config}")
+    checkpoint = Path(f"build/{name}-run.safetensors")
     result = sd.train.train(model, schedule, recipe.data, config=config, checkpoint=checkpoint, resume=True)
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
-    out = args.out or WEIGHTS_DIR / f"{args.name}.safetensors"
+    out = args.out or REGISTRY[name].path
     info = {"schedule": schedule.name, "steps": config.steps, "batch_size": config.batch_size,
             "weights": recipe.weights, "final_loss": round(final, 5),
             "losses": [round(x, 5) for x in result.losses[::10]],
@@ -91,6 +53,41 @@ def main() -> None:
     save_pretrained(out, result.ema if recipe.weights == "ema" else result.model, info=info)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): final loss {final:.4f}, "
           f"{result.images_per_second:.0f} images/s, {result.seconds:.0f} s")
+
+
+def train_judge(name: str, recipe: sd.pretrained.ClassifierRecipe, args: argparse.Namespace) -> None:
+    steps, batch_size = args.steps or recipe.steps, args.batch_size or recipe.batch_size
+    start = time.perf_counter()
+    classifier, losses = sd.evaluate.train_classifier(steps=steps, batch_size=batch_size, lr=recipe.lr,
+                                                      resolution=recipe.resolution,
+                                                      generator=torch.Generator().manual_seed(recipe.seed))
+    seconds = time.perf_counter() - start
+    results = {}
+    for split in ("train", "test"):
+        images, labels = sd.evaluate.real_images(split=split, resolution=recipe.resolution)
+        results[f"{split}_accuracy"] = round(sd.evaluate.accuracy(classifier, images, labels), 4)
+    info = {"steps": steps, "batch_size": batch_size, "seed": recipe.seed, "seconds": round(seconds, 1),
+            "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4), **results,
+            "trained_on": _machine(torch.device("cpu")), "date": time.strftime("%Y-%m-%d")}
+    path = sd.evaluate.save_classifier(args.out or REGISTRY[name].path, classifier, info=info)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) in {seconds:.0f} s: {info}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(REGISTRY))
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = REGISTRY[args.name].recipe
+    if isinstance(recipe, DiffusionRecipe):
+        train_unet(args.name, recipe, args)
+    else:
+        train_judge(args.name, recipe, args)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 
 Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
 ``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
-``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.samplers``, ``sd.evaluate``.
+``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.pretrained``,
+``sd.random``, ``sd.samplers``, ``sd.evaluate``.
 The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
 
-from sdlab import (checkpoints, checks, data, evaluate, images, plotting, samplers, schedules, silhouettes, train,
-                   unet, widgets)
+from sdlab import (checkpoints, checks, data, evaluate, images, plotting, pretrained, random, samplers, schedules,
+                   silhouettes, train, unet, widgets)
 from sdlab.config import QUICK_ENV, is_quick, quick_or_full
 from sdlab.device import pick_device
 from sdlab.schedules import SCHEDULE_NAMES, NoiseSchedule, make_betas
@@ -23,6 +24,8 @@ __all__ = [
     "evaluate",
     "images",
     "plotting",
+    "pretrained",
+    "random",
     "samplers",
     "schedules",
     "silhouettes",

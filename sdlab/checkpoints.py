@@ -12,21 +12,18 @@ not fit raises a `CheckpointError` that says what was found and what fits.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
-
-if TYPE_CHECKING:
-    from sdlab.unet import UNetConfig
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "save_pretrained",
            "load_pretrained", "check_fits", "WEIGHTS_DIR"]
@@ -452,77 +449,20 @@ def load_weights(path: str | os.PathLike, model: nn.Module, *, prefer_ema: bool 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def save_pretrained(path: str | os.PathLike, model: nn.Module, *, info: dict | None = None,
-                    dtype: torch.dtype = torch.float16) -> Path:
-    """Ship a trained sdlab UNet: its weights in ``dtype`` and its config, atomically, in one file.
+def save_pretrained(path: str | os.PathLike, model: nn.Module, **kwargs: Any) -> Path:
+    """Deprecated: moved to :func:`sdlab.pretrained.save_pretrained`, the registry of shipped weights."""
+    from sdlab import pretrained
 
-    Args:
-        path: the ``.safetensors`` file to write.
-        model: a `sdlab.unet.UNet` (anything with a dataclass ``config``).
-        info: more JSON to store next to the config (schedule, steps, losses).
-        dtype: the dtype the weights are stored in.
-
-    Returns:
-        ``path``, as a `Path`.
-    """
-    from dataclasses import asdict
-
-    shipped = copy.deepcopy(model).to(dtype=dtype)
-    return save_checkpoint(path, model=shipped, info={"config": asdict(model.config), **(info or {})})
+    warnings.warn("sd.checkpoints.save_pretrained has moved: use sd.pretrained.save_pretrained",
+                  DeprecationWarning, stacklevel=2)
+    return pretrained.save_pretrained(path, model, **kwargs)
 
 
-def _pretrained_config(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> UNetConfig:
-    """Check that a file read by `_read` is shipped weights (as `save_pretrained` writes) and return its config.
+def load_pretrained(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None
+                    ) -> tuple[nn.Module, dict]:
+    """Deprecated: moved to :func:`sdlab.pretrained.load_pretrained`, which loads every shipped model."""
+    from sdlab import pretrained
 
-    Args:
-        tensors, meta: the file's, as `_read` returns them.
-        path: the file, for messages.
-
-    Returns:
-        The file's `sdlab.unet.UNetConfig`.
-
-    Raises:
-        CheckpointError: the file is a training checkpoint, holds no weights, or no valid UNet config.
-    """
-    from sdlab.unet import UNetConfig
-
-    if "optimizer" in meta or "rng_device" in meta or any(k.startswith(_TRAINING_PREFIXES) for k in tensors):
-        raise CheckpointError(f"{path} is a training checkpoint, not shipped weights: load it with "
-                              f"load_checkpoint({str(path)!r}, model=...) or load_weights({str(path)!r}, model)")
-    if not any(k.startswith("model.") for k in tensors):
-        raise CheckpointError(f"{path} holds no model weights (no model.* tensors): was it written by save_pretrained?")
-    config = meta["info"].get("config")
-    if config is None:
-        raise CheckpointError(f"{path} holds no model config: was it written by save_pretrained?")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} has a config of type {type(config).__name__}, not a UNetConfig dict: "
-                              f"was it written by save_pretrained?")
-    try:
-        return UNetConfig.from_dict(config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path} holds no valid UNet config (was it written by save_pretrained?): "
-                              f"{error}") from error
-
-
-def load_pretrained(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None) -> tuple[nn.Module, dict]:
-    """Load shipped weights by name (e.g. ``"scenes32"``) or path; the file's config rebuilds the right UNet.
-
-    Args:
-        name_or_path: a name in `WEIGHTS_DIR` (no suffix) or the path of a file `save_pretrained` wrote.
-        device: where to put the model (default: the CPU).
-
-    Returns:
-        ``(model in eval mode, info)``; the weights are loaded into float32 parameters.
-
-    Raises:
-        CheckpointError: the file is missing, corrupt, a training checkpoint, or not shipped weights.
-    """
-    from sdlab.unet import UNet
-
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = WEIGHTS_DIR / f"{name_or_path}.safetensors"
-    tensors, meta = _read(path)
-    model = UNet(_pretrained_config(tensors, meta, path))
-    _load_into(model, tensors, "model", path)
-    return model.to(device or "cpu").eval(), meta["info"]
+    warnings.warn("sd.checkpoints.load_pretrained has moved: use sd.pretrained.load_pretrained",
+                  DeprecationWarning, stacklevel=2)
+    return pretrained.load_pretrained(name_or_path, device=device)

@@ -5,22 +5,20 @@ The classifier is trained on the clean cat and dog silhouettes of the ``"train"`
 probability of being a dog; its 32 penultimate activations are the feature space of a
 Fréchet distance between generated and real images (the recipe of FID, Heusel et al.
 2017, with this small classifier in place of Inception). Shipped weights:
-``sdlab/weights/catdog_classifier.safetensors``, written by ``scripts/train_classifier.py``.
+``sdlab/weights/catdog_classifier.safetensors``, written by ``scripts/train_weights.py catdog_classifier``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
-from sdlab.checkpoints import WEIGHTS_DIR, CheckpointError, load_checkpoint, save_checkpoint
+from sdlab.checkpoints import CheckpointError
 from sdlab.data import ANIMALS, load_silhouettes, make_silhouette_batch
 from sdlab.silhouettes import Split
 from sdlab.random import rand, randint, seeded_global_rng
@@ -149,27 +147,26 @@ def train_classifier(
 
 
 def save_classifier(path: str | Path, classifier: CatDogClassifier, *, info: dict | None = None) -> Path:
-    """Write the classifier's weights and config (and ``info``, any JSON dict) as one safetensors file."""
+    """Write the classifier's weights (float32), config and ``info`` (any JSON dict) as one safetensors file."""
+    from sdlab.pretrained import save_pretrained
+
     if not isinstance(classifier, CatDogClassifier):
         raise TypeError(f"classifier must be a CatDogClassifier; got {type(classifier).__name__}")
-    return save_checkpoint(path, model=classifier, info={"config": classifier.config, **(info or {})})
+    return save_pretrained(path, classifier, info=info, dtype=torch.float32)
 
 
 def load_classifier(name_or_path: str | Path = "catdog_classifier", *, device: torch.device | str | None = None
                     ) -> tuple[CatDogClassifier, dict]:
-    """Load a saved classifier (by default the shipped one); return ``(classifier in eval mode, info)``."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = WEIGHTS_DIR / f"{name_or_path}.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"no classifier weights at {path}; train them with: python scripts/train_classifier.py")
-    with safe_open(path, framework="pt") as f:
-        config = json.loads((f.metadata() or {}).get("sdlab", "{}")).get("info", {}).get("config")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} holds no classifier config; was it written by save_classifier?")
-    classifier = CatDogClassifier(**config)
-    info = load_checkpoint(path, model=classifier)["info"]
-    return classifier.to(device or "cpu").eval(), info
+    """Load a saved classifier (by default the shipped one); return ``(classifier in eval mode, info)``.
+
+    The shipped-weights registry (:func:`sdlab.pretrained.load_pretrained`) does the loading.
+    """
+    from sdlab.pretrained import load_pretrained
+
+    classifier, info = load_pretrained(name_or_path, device=device)
+    if not isinstance(classifier, CatDogClassifier):
+        raise CheckpointError(f"{name_or_path} holds a {type(classifier).__name__}, not a CatDogClassifier")
+    return classifier, info
 
 
 def _batches(classifier: nn.Module, images: torch.Tensor, fn, batch_size: int) -> torch.Tensor:

@@ -65,7 +65,7 @@ def test_save_and_load_round_trip(tmp_path):
     x = torch.randn(4, 1, 32, 32)
     torch.testing.assert_close(loaded(x), model(x))
     assert info["note"] == "test" and info["config"] == {"width": 8, "feature_dim": 16, "resolution": 32}
-    with pytest.raises(CheckpointError, match="no classifier weights at .*train them with"):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*missing.safetensors"):
         load_classifier(tmp_path / "missing.safetensors")
     with pytest.raises(TypeError, match="classifier must be a CatDogClassifier"):
         save_classifier(tmp_path / "x.safetensors", torch.nn.Linear(2, 2))

@@ -1,0 +1,254 @@
+"""The registry of shipped weights: every file the course ships, described once, and one loader.
+
+Each entry says what the model is (its class and config), what it was trained on and how
+(the recipe `scripts/train_weights.py` runs), and where its file lives. ``load_pretrained(name)``
+returns the model with its training record, whatever the model: chapter 2's and 3's U-Nets,
+chapter 3's cat-or-dog judge, and the library classes of chapters 4–7, which are stored in
+their own library's ``save_pretrained`` folder format so that diffusers or transformers load
+them without sdlab.
+
+    >>> model, info = sd.pretrained.load_pretrained("scenes32")
+    >>> info["steps"], info["final_loss"]
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from sdlab.checkpoints import _TRAINING_PREFIXES, WEIGHTS_DIR, CheckpointError, _load_into, _read, save_checkpoint
+from sdlab.data import make_scenes, make_silhouette_batch
+from sdlab.unet import UNetConfig
+
+__all__ = ["DiffusionRecipe", "ClassifierRecipe", "Shipped", "REGISTRY", "names", "load_pretrained",
+           "save_pretrained", "RECORD_FILE"]
+
+Format = Literal["sdlab", "diffusers", "transformers"]
+RECORD_FILE = "sdlab_record.json"  # the training record inside a save_pretrained folder
+# The sdlab classes a single-file entry can hold, by the name stored in the file.
+_SDLAB_CLASSES = {"UNet": "sdlab.unet.UNet", "CatDogClassifier": "sdlab.evaluate.CatDogClassifier"}
+
+
+@dataclass(frozen=True)
+class DiffusionRecipe:
+    """How a shipped noise predictor is trained: its data, network, schedule and `fit` settings."""
+
+    data: Callable[[int, torch.Generator], torch.Tensor]  # (batch size, generator) -> clean images
+    unet: UNetConfig
+    steps: int
+    # Which weights ship: the EMA pays off once a run is several times longer than the EMA's memory
+    # (about 1 / (1 - 0.999) = 1 000 steps); a 1 000-step run ships its final weights.
+    weights: Literal["final", "ema"] = "final"
+    schedule: str = "cosine"
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    seed: int = 0
+
+    def train_config(self, **overrides: Any):
+        """The `sdlab.train.TrainConfig` of this recipe (``steps``, ``batch_size`` ... may be overridden)."""
+        from sdlab.train import TrainConfig
+
+        settings = dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+                        ema_decay=self.ema_decay, seed=self.seed, checkpoint_every=250)
+        return TrainConfig(**{**settings, **overrides})
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """How the cat-or-dog judge is trained: the arguments of `sdlab.evaluate.train_classifier`."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 3e-3
+    resolution: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped model: what it is, what trains it, and where its file is (under ``sdlab/weights``)."""
+
+    name: str
+    chapter: int
+    description: str
+    model_class: str  # "sdlab.unet.UNet", "diffusers.AutoencoderKL", "transformers.CLIPTextModel", ...
+    recipe: DiffusionRecipe | ClassifierRecipe | Any
+    format: Format = "sdlab"  # "sdlab": one .safetensors file; otherwise the library's save_pretrained folder
+    extra: dict = field(default_factory=dict)  # anything else a chapter needs to know
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / (f"{self.name}.safetensors" if self.format == "sdlab" else self.name)
+
+
+def _scenes32(n: int, g: torch.Generator) -> torch.Tensor:
+    return make_scenes(n, resolution=32, generator=g, device=g.device).images
+
+
+def _catdog32(n: int, g: torch.Generator) -> torch.Tensor:
+    return make_silhouette_batch(n, classes=("cat", "dog"), resolution=32, generator=g, device=g.device)[0]
+
+
+REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
+    Shipped("scenes32", 2, "noise predictor for 32×32 captioned colour scenes (unconditional)", "sdlab.unet.UNet",
+            DiffusionRecipe(_scenes32, UNetConfig(in_channels=3, out_channels=3, sample_size=32), steps=1000)),
+    Shipped("catdog32", 3, "noise predictor for 32×32 cat and dog silhouettes (unconditional)", "sdlab.unet.UNet",
+            DiffusionRecipe(_catdog32, UNetConfig(in_channels=1, out_channels=1, sample_size=32), steps=4000,
+                            weights="ema")),
+    Shipped("catdog_classifier", 3, "cat-or-dog judge of generated silhouettes (p(dog), Fréchet features)",
+            "sdlab.evaluate.CatDogClassifier", ClassifierRecipe()),
+]}
+
+
+def names() -> list[str]:
+    """The names ``load_pretrained`` knows, in registry order."""
+    return list(REGISTRY)
+
+
+def _resolve(dotted: str) -> type:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _entry(name: str) -> Shipped:
+    if name not in REGISTRY:
+        raise KeyError(f"no shipped weights called {name!r}; the course ships {names()}")
+    return REGISTRY[name]
+
+
+def _sdlab_class(info: dict, entry: Shipped | None, path: Path) -> type:
+    """The sdlab class a single file holds: named in the file, else by its registry entry, else a UNet."""
+    class_name = info.get("class")
+    if class_name is None:
+        return _resolve(entry.model_class) if entry is not None else _resolve(_SDLAB_CLASSES["UNet"])
+    if class_name not in _SDLAB_CLASSES:
+        raise CheckpointError(f"{path} holds a {class_name!r}, which is not one of {sorted(_SDLAB_CLASSES)}")
+    return _resolve(_SDLAB_CLASSES[class_name])
+
+
+def _pretrained_config(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> UNetConfig:
+    """Check that a file read by `_read` is shipped weights (as `save_pretrained` writes) and return its config.
+
+    Args:
+        tensors, meta: the file's, as `_read` returns them.
+        path: the file, for messages.
+
+    Returns:
+        The file's `sdlab.unet.UNetConfig`.
+
+    Raises:
+        CheckpointError: the file is a training checkpoint, holds no weights, or no valid UNet config.
+    """
+    if "optimizer" in meta or "rng_device" in meta or any(k.startswith(_TRAINING_PREFIXES) for k in tensors):
+        raise CheckpointError(f"{path} is a training checkpoint, not shipped weights: load it with "
+                              f"load_checkpoint({str(path)!r}, model=...) or load_weights({str(path)!r}, model)")
+    if not any(k.startswith("model.") for k in tensors):
+        raise CheckpointError(f"{path} holds no model weights (no model.* tensors): was it written by save_pretrained?")
+    config = meta["info"].get("config")
+    if config is None:
+        raise CheckpointError(f"{path} holds no model config: was it written by save_pretrained?")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} has a config of type {type(config).__name__}, not a UNetConfig dict: "
+                              f"was it written by save_pretrained?")
+    try:
+        return UNetConfig.from_dict(config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} holds no valid UNet config (was it written by save_pretrained?): "
+                              f"{error}") from error
+
+
+def _config_of(cls: type, info: dict, tensors: dict, meta: dict, path: Path) -> Any:
+    """The model config stored in a single file, checked to be shipped weights for ``cls``."""
+    if cls.__name__ == "UNet":
+        return _pretrained_config(tensors, meta, path)
+    config = info.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds no {cls.__name__} config: was it written by save_pretrained?")
+    return config
+
+
+def _load_file(path: Path, entry: Shipped | None) -> tuple[nn.Module, dict]:
+    """An sdlab model from one safetensors file that `save_pretrained` wrote."""
+    if entry is not None and not path.is_file():
+        raise CheckpointError(f"no weights for {entry.name!r} at {path}; train them with: "
+                              f"python scripts/train_weights.py {entry.name}")
+    tensors, meta = _read(path)
+    info = meta["info"]
+    cls = _sdlab_class(info, entry, path)
+    config = _config_of(cls, info, tensors, meta, path)
+    try:
+        model = cls(config) if isinstance(config, UNetConfig) else cls(**config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} holds a {cls.__name__} config that does not build: {error}") from error
+    _load_into(model, tensors, "model", path)
+    return model, info
+
+
+def _load_folder(path: Path, entry: Shipped) -> tuple[nn.Module, dict]:
+    """A diffusers or transformers model from its own ``save_pretrained`` folder, offline."""
+    if not path.is_dir():
+        raise CheckpointError(f"no {entry.model_class} folder at {path}; train it with: "
+                              f"python scripts/train_weights.py {entry.name}")
+    model = _resolve(entry.model_class).from_pretrained(path, local_files_only=True)
+    record = path / RECORD_FILE
+    info = json.loads(record.read_text()) if record.is_file() else {}
+    return model, info
+
+
+def load_pretrained(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None
+                    ) -> tuple[nn.Module, dict]:
+    """Load shipped weights by name (``sd.pretrained.names()``) or from a file `save_pretrained` wrote.
+
+    Args:
+        name_or_path: a registry name such as ``"scenes32"``, or the path of a ``.safetensors`` file.
+        device: where to put the model (default: the CPU).
+
+    Returns:
+        ``(model in eval mode, float32, on device; info)``: info is the training record (settings,
+        losses, time, machine) stored with the weights.
+
+    Raises:
+        KeyError: an unknown name. CheckpointError: the file is missing, corrupt, or not shipped weights.
+    """
+    name = os.fspath(name_or_path)
+    if name in REGISTRY:
+        entry = REGISTRY[name]
+        model, info = _load_file(entry.path, entry) if entry.format == "sdlab" else _load_folder(entry.path, entry)
+    elif Path(name).suffix or os.sep in name or "/" in name:
+        model, info = _load_file(Path(name), None)
+    else:
+        _entry(name)  # raises: an unknown name
+    return model.float().to(device or "cpu").eval(), info
+
+
+def save_pretrained(path: str | os.PathLike, model: nn.Module, *, info: dict | None = None,
+                    dtype: torch.dtype = torch.float16) -> Path:
+    """Ship a trained sdlab model (UNet or classifier): weights in ``dtype``, config and record, in one file.
+
+    Args:
+        path: the ``.safetensors`` file to write (atomically).
+        model: a `sdlab.unet.UNet` or `sdlab.evaluate.CatDogClassifier`.
+        info: the training record, any JSON (schedule, steps, losses, time).
+        dtype: the dtype the weights are stored in (they load as float32).
+
+    Returns:
+        ``path``, as a `Path`.
+    """
+    class_name = type(model).__name__
+    if class_name not in _SDLAB_CLASSES:
+        raise TypeError(f"save_pretrained stores {sorted(_SDLAB_CLASSES)}; got {class_name} (library models: use "
+                        "their own save_pretrained)")
+    config = asdict(model.config) if is_dataclass(model.config) else dict(model.config)
+    shipped = copy.deepcopy(model).to(dtype=dtype)
+    return save_checkpoint(path, model=shipped, info={"class": class_name, "config": config, **(info or {})})

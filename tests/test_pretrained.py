@@ -1,0 +1,94 @@
+"""The registry of shipped weights: one loader for every model, and plain errors for files it cannot load."""
+
+import json
+
+import pytest
+import torch
+
+import sdlab as sd
+from sdlab import pretrained
+from sdlab.checkpoints import CheckpointError, save_checkpoint
+from sdlab.pretrained import REGISTRY, Shipped, load_pretrained, save_pretrained
+
+
+def tiny_unet():
+    with sd.random.seeded_global_rng(0):
+        return sd.UNet(sd.UNetConfig.tiny(in_channels=1, out_channels=1, sample_size=8))
+
+
+def test_unknown_names_are_refused_with_the_list():
+    with pytest.raises(KeyError, match=r"no shipped weights called 'scenes64'; the course ships \['scenes32'"):
+        load_pretrained("scenes64")
+    assert pretrained.names() == list(REGISTRY)
+
+
+def test_save_and_load_a_unet_file_round_trip(tmp_path):
+    model = tiny_unet()
+    torch.nn.init.normal_(model.conv_out.weight, std=0.1)
+    path = save_pretrained(tmp_path / "mine.safetensors", model, info={"steps": 3}, dtype=torch.float32)
+    loaded, info = load_pretrained(path, device="cpu")
+    x = torch.randn(2, 1, 8, 8)
+    assert info["steps"] == 3 and info["class"] == "UNet"
+    torch.testing.assert_close(loaded(x, 5), model.eval()(x, 5))
+
+
+def test_save_and_load_a_classifier_file_round_trip(tmp_path):
+    model = sd.evaluate.CatDogClassifier(width=8, feature_dim=4).eval()
+    path = save_pretrained(tmp_path / "judge.safetensors", model, dtype=torch.float32)
+    loaded, info = load_pretrained(str(path))
+    assert isinstance(loaded, sd.evaluate.CatDogClassifier) and info["config"]["width"] == 8
+
+
+def test_save_pretrained_refuses_library_models(tmp_path):
+    with pytest.raises(TypeError, match="library models: use their own save_pretrained"):
+        save_pretrained(tmp_path / "x.safetensors", torch.nn.Linear(2, 2))
+
+
+def test_a_training_checkpoint_is_named_as_such(tmp_path):
+    model = tiny_unet()
+    path = save_checkpoint(tmp_path / "run.safetensors", model=model, ema=model,
+                           optimizer=torch.optim.AdamW(model.parameters()), generator=torch.Generator(),
+                           info={"config": {"steps": 10, "batch_size": 4}, "losses": []})
+    with pytest.raises(CheckpointError, match="is a training checkpoint, not shipped weights: load it with"):
+        load_pretrained(path)
+
+
+@pytest.mark.parametrize("info", [{"class": "Transformer", "config": {}}, {"class": "UNet", "config": [1, 2]},
+                                  {"class": "UNet"}, {"class": "CatDogClassifier", "config": {"depth": 3}}])
+def test_wrong_or_missing_config_says_so(tmp_path, info):
+    path = save_checkpoint(tmp_path / "odd.safetensors", model=tiny_unet(), info=info)
+    with pytest.raises(CheckpointError, match="odd.safetensors"):
+        load_pretrained(path)
+
+
+def test_a_missing_registry_file_says_how_to_train_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="train them with: python scripts/train_weights.py scenes32"):
+        load_pretrained("scenes32")
+
+
+def test_library_models_load_from_their_own_save_pretrained_folder(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    with sd.random.seeded_global_rng(0):
+        vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                            up_block_types=("UpDecoderBlock2D",), latent_channels=2, norm_num_groups=4,
+                            sample_size=8)
+    vae.save_pretrained(tmp_path / "tiny_vae")
+    (tmp_path / "tiny_vae" / pretrained.RECORD_FILE).write_text(json.dumps({"steps": 7}))
+    entry = Shipped("tiny_vae", 5, "a test autoencoder", "diffusers.AutoencoderKL", recipe=None, format="diffusers")
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setitem(REGISTRY, "tiny_vae", entry)
+    loaded, info = load_pretrained("tiny_vae")
+    x = torch.randn(1, 3, 8, 8)
+    assert info == {"steps": 7} and isinstance(loaded, AutoencoderKL) and not loaded.training
+    torch.testing.assert_close(loaded.encode(x).latent_dist.mean, vae.encode(x).latent_dist.mean)
+    monkeypatch.setitem(REGISTRY, "gone", Shipped("gone", 5, "", "diffusers.AutoencoderKL", None, "diffusers"))
+    with pytest.raises(CheckpointError, match="no diffusers.AutoencoderKL folder at .*gone"):
+        load_pretrained("gone")
+
+
+def test_the_old_names_still_work_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="use sd.pretrained.load_pretrained"):
+        model, info = sd.checkpoints.load_pretrained("scenes32")
+    assert isinstance(model, sd.UNet) and info["steps"] == REGISTRY["scenes32"].recipe.steps
