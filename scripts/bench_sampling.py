@@ -81,7 +81,7 @@ def time_baseline(n: int, steps: int, device: torch.device) -> dict:
 
 def make_model_fn(device: torch.device, dtype: torch.dtype, compile_model: bool):
     """The shipped catdog32 U-Net as ``model_fn(x, t)``, in ``dtype`` (fp16/bf16 on CUDA), optionally compiled."""
-    model, info = sd.checkpoints.load_pretrained("catdog32", device=device)
+    model, info = sd.pretrained.load_pretrained("catdog32", device=device)
     model = model.to(dtype)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -100,11 +100,9 @@ def run_sampler(model_fn, schedule, name: str, steps: int, n: int, device: torch
     if name == "dpmsolver++":
         from diffusers import DPMSolverMultistepScheduler
 
-        scheduler = DPMSolverMultistepScheduler(**schedule.diffusers_config(), algorithm_type="dpmsolver++",
-                                                thresholding=True, sample_max_value=1.0, timestep_spacing="leading")
-        return sd.samplers.run_diffusers_scheduler(model_fn, shape, scheduler, num_inference_steps=steps,
-                                                   generator=generator, device=device, progress=False)
-    if name == "ddpm":
+        sampler = DPMSolverMultistepScheduler(**schedule.diffusers_config(), algorithm_type="dpmsolver++",
+                                              thresholding=True, sample_max_value=1.0, timestep_spacing="leading")
+    elif name == "ddpm":
         sampler = sd.samplers.DDPMSampler(schedule)
     else:
         sampler = sd.samplers.DDIMSampler(schedule, eta=1.0 if name == "ddim-eta1" else 0.0)

@@ -194,7 +194,7 @@ def target_from_losses(losses: list[float], *, every: int, step: int = RECOGNISA
 def shipped_target() -> tuple[float, int] | None:
     """(loss level, images the shipped run needed to reach it), or None when the weights are missing."""
     try:
-        _, info = sd.checkpoints.load_pretrained("scenes32")
+        _, info = sd.pretrained.load_pretrained("scenes32")
     except sd.checkpoints.CheckpointError:
         return None
     every = 10  # scripts/train_weights.py keeps every 10th step's loss
