@@ -157,3 +157,20 @@ def test_one_of_keeps_bools_apart_from_ints():
         one_of(1, "clip", (True, False))
     with pytest.raises(ValueError, match=r"^level must be one of \(0, 1\); got True$"):
         one_of(True, "level", (0, 1))
+
+
+# ----------------------------------------------------------------------------- the package accepts numpy scalars
+
+
+def test_scenes_and_silhouettes_take_numpy_ints():
+    from sdlab.data import SceneSpec, benchmark_scenes, make_scenes, make_silhouette_batch
+
+    scenes = make_scenes(np.int64(3), resolution=np.int64(32), generator=torch.Generator().manual_seed(0))
+    same = make_scenes(3, resolution=32, generator=torch.Generator().manual_seed(0))
+    assert len(scenes) == 3 and torch.equal(scenes.images, same.images) and scenes.captions == same.captions
+    images, _ = make_silhouette_batch(np.int32(2), resolution=np.int64(32))
+    assert images.shape == (2, 1, 32, 32)
+    spec = SceneSpec(np.str_("cat"), "red", "blue")
+    assert type(spec.animal) is str and spec == SceneSpec("cat", "red", "blue")
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1; got True"):
+        benchmark_scenes(10, batch_size=True)
