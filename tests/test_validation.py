@@ -174,3 +174,27 @@ def test_scenes_and_silhouettes_take_numpy_ints():
     assert type(spec.animal) is str and spec == SceneSpec("cat", "red", "blue")
     with pytest.raises(ValueError, match="batch_size must be an int >= 1; got True"):
         benchmark_scenes(10, batch_size=True)
+
+
+@pytest.mark.parametrize("t", [np.int64(5), np.int32(5), np.uint8(5)])
+def test_add_noise_takes_numpy_int_timesteps(t):
+    from sdlab.schedules import NoiseSchedule
+
+    schedule = NoiseSchedule("linear")
+    x0, noise = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert torch.equal(schedule.add_noise(x0, noise, t=t), schedule.add_noise(x0, noise, t=5))
+    assert torch.equal(schedule.snr(t), schedule.snr(5))
+    assert schedule.check_timesteps(t).dtype == torch.int64
+
+
+def test_schedule_stores_plain_values_and_still_refuses_floats_and_bools():
+    from sdlab.schedules import NoiseSchedule
+
+    schedule = NoiseSchedule(np.str_("cosine"), num_train_timesteps=np.int64(50))
+    assert type(schedule.num_train_timesteps) is int and type(schedule.name) is str
+    assert schedule.diffusers_config() == NoiseSchedule("cosine", num_train_timesteps=50).diffusers_config()
+    for t, got in ((np.float64(5), "float64"), (np.float32(5), "float32"), (True, "bool"), ([5], "list")):
+        with pytest.raises(TypeError, match=rf"t must be an int or an integer tensor; got {got}"):
+            schedule.check_timesteps(t)
+    with pytest.raises(ValueError, match="num_train_timesteps must be an int >= 2; got True"):
+        NoiseSchedule("linear", num_train_timesteps=True)
