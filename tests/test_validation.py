@@ -198,3 +198,24 @@ def test_schedule_stores_plain_values_and_still_refuses_floats_and_bools():
             schedule.check_timesteps(t)
     with pytest.raises(ValueError, match="num_train_timesteps must be an int >= 2; got True"):
         NoiseSchedule("linear", num_train_timesteps=True)
+
+
+def test_unet_config_stores_plain_values_from_numpy_scalars():
+    import dataclasses
+    import json
+
+    from sdlab.unet import UNetConfig
+
+    config = UNetConfig(base_channels=np.int64(32), channel_mults=[np.int32(1), np.int64(2), 2],
+                        attention_levels=np.array([2]).tolist() + [np.int64(1)], num_classes=np.int64(10),
+                        dropout=np.float32(0.25))
+    assert config == UNetConfig(base_channels=32, channel_mults=(1, 2, 2), attention_levels=(2, 1), num_classes=10,
+                                dropout=0.25)
+    values = dataclasses.asdict(config)
+    assert type(values["base_channels"]) is int and type(values["dropout"]) is float
+    assert all(type(v) is int for v in values["channel_mults"] + values["attention_levels"])
+    assert UNetConfig.from_dict(json.loads(json.dumps(values))) == config
+    with pytest.raises(ValueError, match=r"attention_levels must hold level indices in \[0, 3\); got \(1.0,\)"):
+        UNetConfig(attention_levels=(1.0,))
+    with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\); got nan"):
+        UNetConfig(dropout=math.nan)
