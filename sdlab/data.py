@@ -30,9 +30,10 @@ from typing import Literal, Sequence, get_args
 import torch
 
 from sdlab.silhouettes import (
-    ANIMALS, PER_CLASS, TEST_PER_CLASS, TRAIN_PER_CLASS, Animal, Resolution, Split, _check_choice, _check_n,
-    _check_names, _generator_device, _randint, _split_range, _sprite_bank, load_silhouettes, make_silhouette_batch,
+    ANIMALS, PER_CLASS, TEST_PER_CLASS, TRAIN_PER_CLASS, Animal, Resolution, Split, _check_names, _generator_device,
+    _randint, _split_range, _sprite_bank, load_silhouettes, make_silhouette_batch,
 )
+from sdlab.validation import int_in_range, one_of
 
 __all__ = [
     "ANIMALS", "COLOURS", "COLOUR_RGB", "SIZES", "SIZE_FRACTIONS", "POSITIONS", "HELD_OUT",
@@ -77,13 +78,13 @@ class SceneSpec:
     def __post_init__(self) -> None:
         for field, allowed in [("animal", ANIMALS), ("colour", COLOURS), ("background", COLOURS),
                                ("size", SIZES), ("position", POSITIONS)]:
-            _check_choice(field, getattr(self, field), allowed)
+            object.__setattr__(self, field, one_of(getattr(self, field), field, allowed))
         if self.colour == self.background:
             raise ValueError(f"colour and background must differ; both are {self.colour!r}")
 
     def caption(self, *, style: Literal["full", "short"] = "full") -> str:
         """The caption, e.g. "a small red cat on the left, blue background" ("short": "a red cat")."""
-        _check_choice("style", style, ("full", "short"))
+        one_of(style, "style", ("full", "short"))
         if style == "short":
             return f"a {self.colour} {self.animal}"
         return _caption(self.animal, self.colour, self.background, self.size, self.position)
@@ -162,9 +163,9 @@ def make_scenes(
     Returns:
         ``SceneBatch`` with images (n, 3, R, R) in [-1, 1], masks, captions and labels.
     """
-    n = _check_n(n)
-    _check_choice("resolution", resolution, get_args(Resolution))
-    _check_choice("held_out", held_out, get_args(HeldOut))
+    n = int_in_range(n, "n", 1)
+    resolution = one_of(resolution, "resolution", Resolution)
+    one_of(held_out, "held_out", HeldOut)
     _split_range(split)
     animals, palette = _check_names("classes", classes, ANIMALS), _check_names("colours", colours, COLOURS)
     if len(palette) < 2:
@@ -203,7 +204,7 @@ def render_scenes(
     specs = [specs] if isinstance(specs, SceneSpec) else list(specs)
     if not specs or not all(isinstance(s, SceneSpec) for s in specs):
         raise TypeError(f"specs must be a non-empty sequence of SceneSpec; got {specs!r:.80}")
-    _check_choice("resolution", resolution, get_args(Resolution))
+    resolution = one_of(resolution, "resolution", Resolution)
     _split_range(split)
     g_device = _generator_device(generator)
     names = dict(animal=ANIMALS, colour=COLOURS, background=COLOURS, size=SIZES, position=POSITIONS)
@@ -248,8 +249,8 @@ def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str,
 def benchmark_scenes(n: int = 20000, *, resolution: Resolution = 32, batch_size: int = 1000,
                      num_threads: int = 1) -> float:
     """Scenes per second of ``make_scenes`` on the CPU with ``num_threads`` threads (caches warmed first)."""
-    n, batch_size = _check_n(n), _check_n(batch_size, "batch_size")
-    num_threads = _check_n(num_threads, "num_threads")
+    n, batch_size = int_in_range(n, "n", 1), int_in_range(batch_size, "batch_size", 1)
+    num_threads = int_in_range(num_threads, "num_threads", 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdlab.validation import positive_int
+
 __all__ = ["load_cat", "to_tensor", "to_pil", "to_numpy_image"]
 
 # PIL modes to_tensor accepts, and what each is converted to before scaling.
@@ -37,8 +39,7 @@ def load_cat(*, size: int | None = 64) -> torch.Tensor:
     Returns:
         x0: (3, size, size) float32 in [-1, 1].
     """
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"size must be a positive int or None; got {size!r}")
+    size = positive_int(size, "size", allow_none=True)
     from skimage import data  # imported here: scikit-image is slow to import
 
     photo = data.chelsea()  # (300, 451, 3) uint8

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from sdlab.images import to_numpy_image
 from sdlab.schedules import NoiseSchedule
+from sdlab.validation import number_in_range, positive_int, positive_number
 
 __all__ = [
     "BOOK_WIDTH", "CellFigure", "show_images", "plot_schedules", "plot_noising_grid", "imshow",
@@ -120,12 +121,10 @@ def show_images(
     """
     items = _image_list(images)
     labels = _check_titles(titles, len(items))
-    if not isinstance(size, (int, float)) or isinstance(size, bool) or not 0 < size <= BOOK_WIDTH:
-        raise ValueError(f"size must be a number of inches in (0, {BOOK_WIDTH}]; got {size!r}")
+    size = number_in_range(size, "size", 0, BOOK_WIDTH, low_open=True, what="a number of inches")
+    ncols = positive_int(ncols, "ncols", allow_none=True)
     if ncols is None:
         ncols = min(len(items), max(1, int(BOOK_WIDTH // size)))
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be a positive int or None; got {ncols!r}")
     ncols = min(ncols, len(items))
     nrows = math.ceil(len(items) / ncols)
     title_room = 0.3 if titles is not None else 0.0
@@ -276,12 +275,6 @@ def _as_1d(values: Any, name: str) -> np.ndarray:
     return array
 
 
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
-
-
 def _target_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is None:
         fig, axes = _subplots(1, 1, figsize=figsize)
@@ -310,7 +303,7 @@ def moving_average(values: Any, window: int) -> np.ndarray:
     Returns:
         (N,) float64 array.
     """
-    array, window = _as_1d(values, "values"), _check_count(window, "window")
+    array, window = _as_1d(values, "values"), positive_int(window, "window")
     sums = np.cumsum(np.concatenate([[0.0], array]))
     ends = np.arange(1, array.size + 1)
     starts = np.maximum(0, ends - window)
@@ -342,7 +335,7 @@ def plot_losses(
         The figure; the loss axis is logarithmic.
     """
     values = _as_1d(losses, "losses")
-    every, smooth = _check_count(every, "every"), _check_count(smooth, "smooth")
+    every, smooth = positive_int(every, "every"), positive_int(smooth, "smooth")
     fig, ax = _target_axes(ax, (BOOK_WIDTH, 3.2))
     steps = np.arange(1, values.size + 1) * every
     (line,) = ax.plot(steps, moving_average(values, smooth), color=color, lw=2,
@@ -424,8 +417,7 @@ def plot_noise_guesses(
     labels = {"x0": "clean x₀", "x_t": "noisy input x_t", "noise": "true noise ε", "noise_pred": "guessed noise ε̂",
               "pred_original": "implied x̂₀"}
     rows = {labels[arg]: value for arg, value in given.items()}
-    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) or noise_scale <= 0:
-        raise ValueError(f"noise_scale must be a positive number; got {noise_scale!r}")
+    noise_scale = positive_number(noise_scale, "noise_scale")
     n = len(steps)
     cell = min(1.4, (BOOK_WIDTH - 1.4) / n)
     fig, axes = _subplots(len(rows), n, figsize=(cell * n + 1.4, cell * len(rows) + 0.35))
@@ -459,8 +451,7 @@ def show_captioned_images(
 
     items = _image_list(images)
     labels = _check_titles(captions, len(items), name="captions")
-    for name, value in (("ncols", ncols), ("wrap", wrap)):
-        _check_count(value, name)
+    ncols, wrap = positive_int(ncols, "ncols"), positive_int(wrap, "wrap")
     lines = max(len(textwrap.wrap(label, wrap)) for label in labels)
     fig = show_images(items, ncols=ncols, size=size)
     fig.set_size_inches(fig.get_size_inches() + np.array([0.0, 0.17 * lines * math.ceil(len(items) / ncols)]))

@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from sdlab.validation import int_in_range, is_integer, one_of
+
 __all__ = [
     "ScheduleName",
     "SCHEDULE_NAMES",
@@ -45,11 +47,8 @@ def make_betas(
     - ``cosine``: ᾱ(t) = cos²(((t/T + s) / (1 + s)) · π/2), β_t = 1 − ᾱ(t)/ᾱ(t−1), capped
       at ``max_beta`` (improved DDPM, Nichol & Dhariwal 2021, eq. 17).
     """
-    if name not in SCHEDULE_NAMES:
-        raise ValueError(f"schedule name must be one of {SCHEDULE_NAMES}; got {name!r}")
-    if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
-        raise ValueError(f"num_train_timesteps must be an int >= 2; got {num_train_timesteps!r}")
-    T = num_train_timesteps
+    name = one_of(name, "schedule name", SCHEDULE_NAMES)
+    T = int_in_range(num_train_timesteps, "num_train_timesteps", 2)
     if name == "cosine":
         if beta_start is not None or beta_end is not None:
             raise ValueError("the cosine schedule takes no beta_start/beta_end (it is defined by ᾱ)")
@@ -87,8 +86,8 @@ class NoiseSchedule:
     ) -> None:
         betas64 = make_betas(name, num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end)
         alphas_cumprod64 = torch.cumprod(1.0 - betas64, dim=0)
-        self.name = name
-        self.num_train_timesteps = num_train_timesteps
+        self.name = one_of(name, "schedule name", SCHEDULE_NAMES)  # plain str and int, as make_betas checked them
+        self.num_train_timesteps = len(betas64)
         self.beta_start = None if name == "cosine" else float(betas64[0])
         self.beta_end = None if name == "cosine" else float(betas64[-1])
         self._betas = betas64.float()
@@ -145,13 +144,16 @@ class NoiseSchedule:
     def check_timesteps(self, t: int | torch.Tensor, *, batch_size: int | None = None, name: str = "t") -> torch.Tensor:
         """Validate ``t`` and return it as an int64 tensor of shape (B,) or ().
 
+        ``t`` may be an int (numpy integer scalars included) or an integer tensor.
+
         Raises:
             TypeError: ``t`` is not an int or an integer tensor.
             ValueError: ``t`` is outside [0, T) or its batch size does not match.
         """
-        if isinstance(t, bool) or not isinstance(t, (int, torch.Tensor)):
+        if is_integer(t):
+            t = torch.tensor(int(t))
+        elif not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be an int or an integer tensor; got {type(t).__name__}")
-        t = torch.as_tensor(t)
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"{name} must hold integer timesteps; got dtype {t.dtype}")
         if t.dim() > 1:

@@ -20,7 +20,6 @@ import functools
 import gzip
 import importlib.util
 import math
-import numbers
 import pickle
 from pathlib import Path
 from typing import Literal, Sequence, get_args
@@ -28,6 +27,8 @@ from typing import Literal, Sequence, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sdlab.validation import int_in_range, one_of
 
 __all__ = ["ANIMALS", "PER_CLASS", "TRAIN_PER_CLASS", "TEST_PER_CLASS", "load_silhouettes", "make_silhouette_batch"]
 
@@ -92,7 +93,7 @@ def _raw() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _split_range(split: str) -> tuple[int, int]:
     """(offset, count) of a split's silhouettes inside each class block."""
-    _check_choice("split", split, get_args(Split))
+    one_of(split, "split", Split)
     return (0, TRAIN_PER_CLASS) if split == "train" else (TRAIN_PER_CLASS, TEST_PER_CLASS)
 
 
@@ -182,9 +183,9 @@ def make_silhouette_batch(
     Returns:
         images: (n, 1, R, R) float32 in [-1, 1] (background −1); labels: (n,) int64 indices into ``ANIMALS``.
     """
-    n = _check_n(n)
-    _check_choice("resolution", resolution, get_args(Resolution))
-    _check_choice("kind", kind, ("grey", "mask"))
+    n = int_in_range(n, "n", 1)
+    resolution = one_of(resolution, "resolution", Resolution)
+    one_of(kind, "kind", ("grey", "mask"))
     offset, count = _split_range(split)
     animals = torch.tensor([ANIMALS.index(a) for a in _check_names("classes", classes, ANIMALS)])
     g_device = _generator_device(generator)
@@ -206,17 +207,6 @@ def _generator_device(generator: torch.Generator | None) -> torch.device:
 def _randint(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """n integers uniform in [0, high), drawn on the generator's device."""
     return torch.randint(high, (n,), generator=generator, device=device)
-
-
-def _check_n(n: int, arg: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"{arg} must be an int >= 1; got {n!r}")
-    return int(n)
-
-
-def _check_choice(arg: str, value, allowed: tuple) -> None:
-    if not any(type(value) is type(a) and value == a for a in allowed):
-        raise ValueError(f"{arg} must be one of {allowed}; got {value!r}")
 
 
 def _check_names(arg: str, given: Sequence[str] | str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from sdlab.unet_blocks import (  # re-exported: chapters and tests reach the blo
     Upsample,
     timestep_embedding,
 )
+from sdlab.validation import is_integer, number_in_range, one_of, positive_int
 
 __all__ = [
     "TimeConditioning",
@@ -72,25 +73,37 @@ class UNetConfig:
     time_conditioning: TimeConditioning = "scale_shift"
 
     def __post_init__(self) -> None:
-        # Lists (from JSON) become tuples, so configs stay hashable and compare equal.
-        for name in ("channel_mults", "attention_levels"):
-            value = getattr(self, name)
-            if not isinstance(value, (tuple, list)):
-                raise TypeError(f"{name} must be a tuple of ints; got {value!r}")
-            object.__setattr__(self, name, tuple(value))
+        for name, value in self._normalised().items():
+            object.__setattr__(self, name, value)
         self._validate()
 
-    def _validate(self) -> None:
-        for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "num_heads", "num_groups",
-                     "sample_size"):
-            _check_positive_int(getattr(self, name), name)
+    def _normalised(self) -> dict[str, Any]:
+        """Each setting checked on its own and turned into a plain Python value (numpy ints and floats too).
+
+        Lists (from JSON) become tuples, so configs stay hashable and compare equal; plain ints and floats
+        keep ``json.dumps(dataclasses.asdict(config))`` working.
+        """
+        for name in ("channel_mults", "attention_levels"):
+            if not isinstance(getattr(self, name), (tuple, list)):
+                raise TypeError(f"{name} must be a tuple of ints; got {getattr(self, name)!r}")
+        names = ("in_channels", "out_channels", "base_channels", "num_res_blocks", "num_heads", "num_groups",
+                 "sample_size")
+        out: dict[str, Any] = {name: positive_int(getattr(self, name), name) for name in names}
         if not self.channel_mults:
             raise ValueError("channel_mults must name at least one level; got ()")
-        for i, mult in enumerate(self.channel_mults):
-            _check_positive_int(mult, f"channel_mults[{i}]")
+        out["channel_mults"] = tuple(positive_int(m, f"channel_mults[{i}]") for i, m in enumerate(self.channel_mults))
         for name in ("num_classes", "context_dim"):
-            if getattr(self, name) is not None:
-                _check_positive_int(getattr(self, name), name)
+            out[name] = None if getattr(self, name) is None else positive_int(getattr(self, name), name)
+        if not all(is_integer(level) for level in self.attention_levels):
+            raise ValueError(f"attention_levels must hold level indices in [0, {len(self.channel_mults)}); "
+                             f"got {tuple(self.attention_levels)}")
+        out["attention_levels"] = tuple(int(level) for level in self.attention_levels)
+        out["dropout"] = number_in_range(self.dropout, "dropout", 0, 1, high_open=True, what="a float")
+        out["time_conditioning"] = one_of(self.time_conditioning, "time_conditioning", TimeConditioning)
+        return out
+
+    def _validate(self) -> None:
+        """Check the settings against each other (after ``_normalised``)."""
         if self.base_channels % 2:
             raise ValueError(f"base_channels must be even (it sizes the timestep embedding); got {self.base_channels}")
         for level, channels in enumerate(self.level_channels):
@@ -99,7 +112,7 @@ class UNetConfig:
                                  f"num_groups={self.num_groups}")
         levels = len(self.channel_mults)
         for level in self.attention_levels:
-            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < levels:
+            if not 0 <= level < levels:
                 raise ValueError(f"attention_levels must hold level indices in [0, {levels}); "
                                  f"got {self.attention_levels}")
             if self.level_channels[level] % self.num_heads:
@@ -110,11 +123,6 @@ class UNetConfig:
         if self.sample_size % 2 ** (levels - 1):
             raise ValueError(f"sample_size={self.sample_size} must be divisible by 2**(levels - 1) = "
                              f"{2 ** (levels - 1)} for {levels} levels")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a float in [0, 1); got {self.dropout!r}")
-        if self.time_conditioning not in get_args(TimeConditioning):
-            raise ValueError(f"time_conditioning must be one of {get_args(TimeConditioning)}; "
-                             f"got {self.time_conditioning!r}")
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -148,11 +156,6 @@ class UNetConfig:
         return cls(**{**settings, **overrides})
 
 
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-
-
 @dataclass
 class UNetOutput(BaseOutput):
     """What ``UNet(..., return_dict=True)`` returns, as diffusers' models do: the prediction as ``.sample``."""
@@ -181,7 +184,6 @@ def _check_unused(options: dict[str, Any]) -> None:
     given = sorted(name for name, value in options.items() if value is not None)
     if given:
         raise ValueError(f"this UNet does not use {given}; pass None or leave them out")
-
 
 class UNetBlock(nn.Module):
     """One ResBlock, followed by SpatialAttention at the attention levels."""

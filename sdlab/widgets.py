@@ -10,7 +10,6 @@ the same precomputed frames. ``animate`` gives the JavaScript player alone.
 from __future__ import annotations
 
 import io
-import numbers
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from matplotlib.animation import FuncAnimation
 from matplotlib.figure import Figure
 
 from sdlab.images import to_numpy_image
+from sdlab.validation import is_integer, number_in_range
 
 __all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "animate"]
 
@@ -54,9 +54,7 @@ def _panel_pixels(shape: tuple[int, ...]) -> tuple[int, int]:
 
 def _check_interval(interval_ms: Any) -> int:
     """Validate the delay between frames in milliseconds."""
-    if isinstance(interval_ms, bool) or not isinstance(interval_ms, numbers.Real) or not 10 <= interval_ms <= 10_000:
-        raise ValueError(f"interval_ms must be a number of milliseconds in [10, 10000]; got {interval_ms!r}")
-    return int(interval_ms)
+    return int(number_in_range(interval_ms, "interval_ms", 10, 10_000, what="a number of milliseconds"))
 
 
 def _check_labels(labels: Sequence[str] | None, count: int, *, name: str, what: str) -> list[str] | None:
@@ -283,7 +281,7 @@ def _check_values(values: Any) -> list[int]:
         raise TypeError(f"values must be a sequence of ints such as [0, 100, 200]; got {type(values).__name__}")
     if len(values) == 0:
         raise ValueError("values is empty; give at least one value, e.g. range(0, 1000, 100)")
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+    bad = [v for v in values if not is_integer(v)]
     if bad:
         raise TypeError(f"values must all be ints; got {bad[0]!r} ({type(bad[0]).__name__})")
     return [int(v) for v in values]

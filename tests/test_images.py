@@ -256,3 +256,7 @@ def test_to_numpy_image_accepts_pil_and_numpy(rgb8):
 def test_to_numpy_image_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"panel holds a batch of 5 images"):
         to_numpy_image(torch.zeros(5, 3, 4, 4), name="panel")
+
+
+def test_load_cat_takes_a_numpy_int_size():
+    assert torch.equal(load_cat(size=np.int64(16)), load_cat(size=16))

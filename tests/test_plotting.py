@@ -206,3 +206,27 @@ def test_cell_figure_leaves_pyplot_only_when_displayed_inline(x0, monkeypatch):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")  # still usable
     assert buffer.getvalue().startswith(b"\x89PNG")
+
+
+# ---- numpy scalars ---------------------------------------------------------------------------------------------
+
+
+def test_plotting_options_take_numpy_scalars(x0):
+    fig = show_images(x0.expand(7, -1, -1, -1), ncols=np.int64(3), size=np.float32(2.0))
+    assert len(fig.axes) == 7 and tuple(fig.get_size_inches())[0] == pytest.approx(6.0)
+    assert np.array_equal(plotting.moving_average([1.0, 2.0, 3.0], np.int32(2)), [1.0, 1.5, 2.5])
+    batch = x0.expand(3, -1, -1, -1)
+    fig = plotting.plot_noise_guesses(batch, batch, batch, batch, np.array([1, 2, 3]), noise_scale=np.float32(2))
+    assert len(fig.axes) == 12
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x0: show_images([x0], size=float("nan")), r"size must be a number of inches in \(0, 10.0\]; got nan"),
+    (lambda x0: show_images([x0], ncols=np.float64(2)), r"ncols must be a positive int or None; got np.float64\(2.0\)"),
+    (lambda x0: plotting.moving_average([1.0], True), "window must be a positive int; got True"),
+    (lambda x0: plotting.plot_noise_guesses(*[x0[None]] * 4, [1], noise_scale=float("inf")),
+     "noise_scale must be a positive number; got inf"),
+])
+def test_plotting_refuses_nan_bools_and_floats_for_ints(x0, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(x0)

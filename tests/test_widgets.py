@@ -188,3 +188,13 @@ def test_notebook_outputs_carry_both_views_and_figures_show_once():
     assert embedded_frames(player[0]["data"]["text/html"]) == ["0", "1", "2"]
     assert [o.output_type for o in last_value] == ["execute_result"] and "image/png" in last_value[0]["data"]
     assert [o.output_type for o in assigned] == ["display_data"] and "image/png" in assigned[0]["data"]
+
+
+def test_player_takes_numpy_scalars_and_refuses_nan(x0):
+    player = timestep_player(lambda t: x0, [np.int64(0), np.int32(5)], interval_ms=np.float32(100))
+    assert player.values == [0, 5] and all(type(v) is int for v in player.values)
+    assert player.player.interval_ms == 100 and type(player.player.interval_ms) is int
+    with pytest.raises(ValueError, match=r"interval_ms must be a number of milliseconds in \[10, 10000\]; got nan"):
+        animate([x0], interval_ms=float("nan"))
+    with pytest.raises(TypeError, match=r"values must all be ints; got np.True_"):
+        timestep_player(lambda t: x0, [np.bool_(True)])
