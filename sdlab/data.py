@@ -20,25 +20,35 @@ are re-exported here, so ``sd.data`` is the one place a notebook looks for data.
 
 from __future__ import annotations
 
-import functools
 import re
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, Sequence, get_args
+from typing import Literal, get_args
 
 import torch
 
+from sdlab.random import generator_device, randint
 from sdlab.silhouettes import (
-    ANIMALS, PER_CLASS, TEST_PER_CLASS, TRAIN_PER_CLASS, Animal, Resolution, Split, _check_names, _generator_device,
-    _randint, _split_range, _sprite_bank, load_silhouettes, make_silhouette_batch,
+    ANIMALS,
+    PER_CLASS,
+    TEST_PER_CLASS,
+    TRAIN_PER_CLASS,
+    Animal,
+    Resolution,
+    Split,
+    _check_names,
+    _split_range,
+    _sprite_bank,
+    load_silhouettes,
+    make_silhouette_batch,
 )
 from sdlab.validation import int_in_range, one_of
 
 __all__ = [
     "ANIMALS", "COLOURS", "COLOUR_RGB", "SIZES", "SIZE_FRACTIONS", "POSITIONS", "HELD_OUT",
     "TRAIN_PER_CLASS", "TEST_PER_CLASS", "SceneSpec", "SceneBatch", "load_silhouettes",
-    "make_scenes", "render_scenes", "make_silhouette_batch", "benchmark_scenes",
+    "make_scenes", "render_scenes", "make_silhouette_batch",
 ]
 
 Colour = Literal["red", "orange", "yellow", "green", "blue", "purple", "white", "black"]
@@ -176,8 +186,11 @@ def make_scenes(
     if not pairs:
         raise ValueError(f"held_out={held_out!r} with classes={animals} and colours={palette} leaves no "
                          f"(animal, colour) combination; the held-out ones are {HELD_OUT}")
-    g_device = _generator_device(generator)
-    draw = functools.partial(_randint, generator=generator, device=g_device)
+    g_device = generator_device(generator)
+
+    def draw(high: int, count: int) -> torch.Tensor:  # integers in [0, high), on the generator's device
+        return randint(0, high, (count,), generator=generator, device=g_device)
+
     animal, colour = torch.tensor(pairs, device=g_device)[draw(len(pairs), n)].unbind(1)
     allowed = torch.tensor([COLOURS.index(c) for c in palette], device=g_device)
     slot = torch.full((len(COLOURS),), -1, dtype=torch.long, device=g_device)
@@ -206,7 +219,7 @@ def render_scenes(
         raise TypeError(f"specs must be a non-empty sequence of SceneSpec; got {specs!r:.80}")
     resolution = one_of(resolution, "resolution", Resolution)
     _split_range(split)
-    g_device = _generator_device(generator)
+    g_device = generator_device(generator)
     names = dict(animal=ANIMALS, colour=COLOURS, background=COLOURS, size=SIZES, position=POSITIONS)
     labels = {k: torch.tensor([v.index(getattr(s, k)) for s in specs], device=g_device) for k, v in names.items()}
     return _render(labels, resolution=resolution, split=split, generator=generator, device=device)
@@ -219,9 +232,10 @@ def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str,
     g_device = labels["animal"].device
     n, R = len(labels["animal"]), resolution
     offset, count = _split_range(split)
-    silhouette = (labels["animal"] * PER_CLASS + offset + _randint(count, n, generator, g_device)).cpu()
+    silhouette = (labels["animal"] * PER_CLASS + offset + randint(0, count, (n,), generator=generator,
+                                                                  device=g_device)).cpu()
     J = R // 16
-    jx, jy = _randint(J + 1, n, generator, g_device), _randint(J + 1, n, generator, g_device)
+    jx, jy = (randint(0, J + 1, (n,), generator=generator, device=g_device) for _ in range(2))
     lab = {k: v.to(device) for k, v in labels.items()}
     jx, jy = jx.to(device), jy.to(device)
     sides = [round(SIZE_FRACTIONS[s] * R) for s in SIZES]
@@ -244,24 +258,6 @@ def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str,
                zip((ANIMALS, COLOURS, COLOURS, SIZES, POSITIONS), labels.values())]
     captions = [_caption(*names) for names in zip(*columns)]
     return SceneBatch(images, alpha[:, None], captions, **lab)
-
-
-def benchmark_scenes(n: int = 20000, *, resolution: Resolution = 32, batch_size: int = 1000,
-                     num_threads: int = 1) -> float:
-    """Scenes per second of ``make_scenes`` on the CPU with ``num_threads`` threads (caches warmed first)."""
-    n, batch_size = int_in_range(n, "n", 1), int_in_range(batch_size, "batch_size", 1)
-    num_threads = int_in_range(num_threads, "num_threads", 1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
-        make_scenes(8, resolution=resolution, generator=torch.Generator().manual_seed(0))
-        generator = torch.Generator().manual_seed(0)
-        start = time.perf_counter()
-        for first in range(0, n, batch_size):
-            make_scenes(min(batch_size, n - first), resolution=resolution, generator=generator)
-        return n / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _caption(animal: str, colour: str, background: str, size: str, position: str) -> str:

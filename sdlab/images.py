@@ -19,7 +19,7 @@ from PIL import Image
 
 from sdlab.validation import positive_int
 
-__all__ = ["load_cat", "to_tensor", "to_pil", "to_numpy_image"]
+__all__ = ["load_cat", "to_tensor", "to_pil", "to_numpy_image", "tile"]
 
 # PIL modes to_tensor accepts, and what each is converted to before scaling.
 _PIL_MODES = {"RGB": "RGB", "RGBA": "RGBA", "L": "L", "LA": "LA", "1": "L", "CMYK": "RGB", "PA": "RGBA"}
@@ -199,3 +199,23 @@ def to_numpy_image(x: Any, *, name: str = "x") -> np.ndarray:
     x = _check_image_tensor(x, name) if isinstance(x, torch.Tensor) else to_tensor(x, name=name)
     image = ((x + 1.0) / 2.0).permute(1, 2, 0).numpy()
     return image[:, :, 0] if image.shape[2] == 1 else image
+
+
+def tile(images: torch.Tensor, *, ncols: int = 4, fill: float = -1.0) -> torch.Tensor:
+    """Lay a batch out as one image grid, row by row: (B, C, H, W) → (C, rows · H, ncols · W).
+
+    Args:
+        images: (B, C, H, W), any values (images in [-1, 1] as the course keeps them).
+        ncols: images per row; the last row is padded with ``fill`` (default −1: black).
+        fill: the value of the padding.
+    Returns:
+        (C, ⌈B / ncols⌉ · H, ncols · W), on the images' device and in their dtype.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty (B, C, H, W) tensor; got {shape}")
+    ncols = positive_int(ncols, "ncols")
+    b, c, h, w = images.shape
+    rows = -(-b // ncols)
+    padded = torch.cat([images, images.new_full((rows * ncols - b, c, h, w), float(fill))])
+    return padded.reshape(rows, ncols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, ncols * w)

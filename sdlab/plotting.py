@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from sdlab.images import to_numpy_image
+from sdlab.random import randn_tensor
 from sdlab.schedules import NoiseSchedule
 from sdlab.validation import number_in_range, positive_int, positive_number
 
@@ -238,7 +239,7 @@ def plot_noising_grid(
         raise ValueError(f"timesteps must be a non-empty 1-D sequence of ints; got {timesteps!r}")
     for schedule in items:
         steps = schedule.check_timesteps(steps, name="timesteps")
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     n = steps.numel()
     batch_x0 = x0.expand(n, *x0.shape)
     batch_noise = noise.expand(n, *noise.shape)

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from sdlab.random import randn_tensor
 from sdlab.validation import int_in_range, is_integer, one_of
 
 __all__ = [
@@ -201,7 +202,7 @@ class NoiseSchedule:
         x = x0
         betas = self._betas.to(device=x0.device, dtype=x0.dtype)
         for s in range(t + 1):
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            eps = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = (1 - betas[s]).sqrt() * x + betas[s].sqrt() * eps
         return x
 

@@ -21,13 +21,15 @@ import gzip
 import importlib.util
 import math
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdlab.random import randint
 from sdlab.validation import int_in_range, one_of
 
 __all__ = ["ANIMALS", "PER_CLASS", "TRAIN_PER_CLASS", "TEST_PER_CLASS", "load_silhouettes", "make_silhouette_batch"]
@@ -188,25 +190,14 @@ def make_silhouette_batch(
     one_of(kind, "kind", ("grey", "mask"))
     offset, count = _split_range(split)
     animals = torch.tensor([ANIMALS.index(a) for a in _check_names("classes", classes, ANIMALS)])
-    g_device = _generator_device(generator)
-    labels = animals[_randint(len(animals), n, generator, g_device).cpu()]
-    index = labels * PER_CLASS + offset + _randint(count, n, generator, g_device).cpu()
+    labels = animals[randint(0, len(animals), (n,), generator=generator)]
+    index = labels * PER_CLASS + offset + randint(0, count, (n,), generator=generator)
     device = torch.device("cpu") if device is None else torch.device(device)
     images = _frame_bank(resolution, kind)[index].to(device).float()[:, None] / 127.5 - 1
     return images, labels.to(device)
 
 
 # ----------------------------------------------------------------------------- helpers (shared with sdlab.data)
-
-
-def _generator_device(generator: torch.Generator | None) -> torch.device:
-    """Where random numbers are drawn: the generator's device, or the CPU for torch's global generator."""
-    return generator.device if generator is not None else torch.device("cpu")
-
-
-def _randint(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """n integers uniform in [0, high), drawn on the generator's device."""
-    return torch.randint(high, (n,), generator=generator, device=device)
 
 
 def _check_names(arg: str, given: Sequence[str] | str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:

@@ -43,6 +43,13 @@ __all__ = [
     "count_parameters",
     "receptive_field",
     "describe",
+    # the building blocks, re-exported from sdlab.unet_blocks
+    "Attention",
+    "Downsample",
+    "GroupNorm32",
+    "ResBlock",
+    "SpatialAttention",
+    "Upsample",
 ]
 
 TimeConditioning = Literal["shift", "scale_shift"]
@@ -151,7 +158,11 @@ class UNetConfig:
 
     @classmethod
     def small(cls, **overrides: Any) -> UNetConfig:
-        """The course's 32×32 scene model (~1.7 M parameters), e.g. ``UNetConfig.small(num_classes=10)``."""
+        """A deeper 32×32 model: two ResBlocks per level (~1.7 M parameters), e.g. ``small(num_classes=10)``.
+
+        The shipped ``scenes32`` and ``catdog32`` are not this one: they use the defaults, ``UNetConfig()``
+        with one ResBlock per level (~1.2 M parameters); ``sd.pretrained.REGISTRY`` has their configs.
+        """
         settings = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, attention_levels=(2,))
         return cls(**{**settings, **overrides})
 
@@ -363,7 +374,8 @@ class UNet(nn.Module):
         dim = self.config.context_dim
         if dim is None:
             if context is not None:
-                raise ValueError("encoder_hidden_states were given but this UNet has no cross-attention (context_dim=None)")
+                raise ValueError("encoder_hidden_states were given but this UNet has no cross-attention "
+                                 "(context_dim=None)")
             return
         if context is None:
             raise ValueError(f"this UNet is text-conditional (context_dim={dim}): pass encoder_hidden_states "

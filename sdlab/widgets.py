@@ -24,7 +24,6 @@ from sdlab.validation import is_integer, number_in_range
 
 __all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "animate"]
 
-WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 _PANEL_PIXELS = 192  # each panel is drawn about this many pixels wide (a whole multiple of the image)
 _GAP = 4  # pixels around and between panels
 _DPI = 72  # frames are PNGs at this resolution (12-point titles are 12 pixels high)

@@ -260,3 +260,18 @@ def test_to_numpy_image_rejects_bad_shapes():
 
 def test_load_cat_takes_a_numpy_int_size():
     assert torch.equal(load_cat(size=np.int64(16)), load_cat(size=16))
+
+
+def test_tile_lays_a_batch_out_row_by_row():
+    from sdlab.images import tile
+
+    x = torch.arange(5 * 1 * 2 * 3, dtype=torch.float32).reshape(5, 1, 2, 3)
+    grid = tile(x, ncols=2)
+    assert grid.shape == (1, 6, 6)
+    assert torch.equal(grid[:, 0:2, 3:6], x[1]) and torch.equal(grid[:, 4:6, 0:3], x[4])
+    assert (grid[:, 4:6, 3:6] == -1).all()  # the missing sixth image is padding
+    assert tile(x, ncols=5).shape == (1, 2, 15)
+    with pytest.raises(ValueError, match=r"images must be a non-empty \(B, C, H, W\) tensor; got \(2, 3\)"):
+        tile(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="ncols must be a positive int; got 0"):
+        tile(x, ncols=0)

@@ -13,12 +13,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import sdlab.widgets as widgets  # noqa: E402
 from sdlab.images import to_numpy_image  # noqa: E402
 from sdlab.schedules import NoiseSchedule  # noqa: E402
 from sdlab.widgets import FramePlayer, TimestepPlayer, animate, timestep_player  # noqa: E402
 
 STEPS = [*range(0, 1000, 100), 999]  # 11 frames
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"  # what ipywidgets puts in a bundle
 
 
 def embedded_frames(html):
@@ -43,8 +44,8 @@ def player(x0):
 
 def test_bundle_has_widget_html_and_text(player):
     bundle = player._repr_mimebundle_()
-    assert set(bundle) == {widgets.WIDGET_MIME, "text/html", "text/plain"}
-    assert bundle[widgets.WIDGET_MIME]["model_id"] == player.widget().model_id
+    assert set(bundle) == {WIDGET_MIME, "text/html", "text/plain"}
+    assert bundle[WIDGET_MIME]["model_id"] == player.widget().model_id
     assert bundle["text/plain"] == "<TimestepPlayer: t in [0, 100, 200, 300, ...] (11 frames)>"
 
 
@@ -184,7 +185,7 @@ def test_notebook_outputs_carry_both_views_and_figures_show_once():
     ]
     NotebookClient(nb, timeout=60, kernel_name="python3").execute()
     player, last_value, assigned = (cell.outputs for cell in nb.cells)
-    assert len(player) == 1 and set(player[0]["data"]) == {widgets.WIDGET_MIME, "text/html", "text/plain"}
+    assert len(player) == 1 and set(player[0]["data"]) == {WIDGET_MIME, "text/html", "text/plain"}
     assert embedded_frames(player[0]["data"]["text/html"]) == ["0", "1", "2"]
     assert [o.output_type for o in last_value] == ["execute_result"] and "image/png" in last_value[0]["data"]
     assert [o.output_type for o in assigned] == ["display_data"] and "image/png" in assigned[0]["data"]
