@@ -137,7 +137,7 @@ def check_quality(model_fn, schedule, candidates: list[tuple[str, int]], n: int,
         images = torch.cat([run_sampler(model_fn, schedule, sampler, k, len(chunk), device, seed=100 + i)
                             for i, chunk in enumerate(torch.arange(n).split(256))]).clamp(-1, 1)
         out[f"{sampler}:{k}"] = sd.evaluate.sample_quality(classifier, images, reference.to(device)).as_dict()
-    for key, q in out.items():
+    for q in out.values():
         q["equal_quality"] = equal_quality(q, out["ddpm:1000"])
     return out
 

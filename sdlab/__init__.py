@@ -8,8 +8,22 @@ The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
 
-from sdlab import (checkpoints, checks, data, evaluate, images, plotting, pretrained, random, samplers, schedules,
-                   silhouettes, train, unet, widgets)
+from sdlab import (
+                   checkpoints,
+                   checks,
+                   data,
+                   evaluate,
+                   images,
+                   plotting,
+                   pretrained,
+                   random,
+                   samplers,
+                   schedules,
+                   silhouettes,
+                   train,
+                   unet,
+                   widgets,
+)
 from sdlab.config import QUICK_ENV, is_quick, quick_or_full
 from sdlab.device import pick_device
 from sdlab.schedules import SCHEDULE_NAMES, NoiseSchedule, make_betas

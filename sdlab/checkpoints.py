@@ -25,8 +25,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from sdlab.checkpoint_format import (_TRAINING_PREFIXES, CheckpointError, _check_generator, _check_meta,  # noqa: F401
-                                     _check_optimizer, _flatten_optimizer, check_fits)
+from sdlab.checkpoint_format import (  # noqa: F401
+    _TRAINING_PREFIXES,
+    CheckpointError,
+    _check_generator,
+    _check_meta,
+    _check_optimizer,
+    _flatten_optimizer,
+    check_fits,
+)
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "save_pretrained",
            "load_pretrained", "check_fits", "WEIGHTS_DIR"]

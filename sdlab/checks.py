@@ -53,7 +53,8 @@ def check_alphas_cumprod(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
     expected = torch.cumprod(1 - betas, dim=0)
     got = _call(fn, betas.clone())
     if got.shape != expected.shape:
-        raise ExerciseError(f"for {len(betas)} betas you should return {len(betas)} values; got shape {tuple(got.shape)}")
+        raise ExerciseError(f"for {len(betas)} betas you should return {len(betas)} values; "
+                            f"got shape {tuple(got.shape)}")
     slips = {
         "you multiplied the betas themselves; ᾱ multiplies α_t = 1 − β_t": torch.cumprod(betas, 0),
         "you added instead of multiplying (cumsum instead of cumprod)": torch.cumsum(1 - betas, 0),
@@ -113,7 +114,8 @@ def _diagnose_add_noise(got, x0, noise, ab, t) -> None:
     for shift in (-1, 1):
         if 0 <= t + shift < len(ab):
             b = ab[t + shift]
-            slips[f"off by one: you used ᾱ at t{shift:+d}; index alphas_cumprod[t]"] = b.sqrt() * x0 + (1 - b).sqrt() * noise
+            hint = f"off by one: you used ᾱ at t{shift:+d}; index alphas_cumprod[t]"
+            slips[hint] = b.sqrt() * x0 + (1 - b).sqrt() * noise
     for hint, wrong in slips.items():
         if _same(got, wrong, 1e-5):
             raise ExerciseError(f"at t={t}: {hint}.")

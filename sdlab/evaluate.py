@@ -20,8 +20,8 @@ from torch import nn
 
 from sdlab.checkpoints import CheckpointError
 from sdlab.data import ANIMALS, load_silhouettes, make_silhouette_batch
-from sdlab.silhouettes import Split
 from sdlab.random import rand, randint, seeded_global_rng
+from sdlab.silhouettes import Split
 
 __all__ = [
     "CLASSES", "CatDogClassifier", "real_images", "train_classifier", "save_classifier", "load_classifier",

@@ -7,7 +7,8 @@ through `sd.samplers` (``sd.samplers.predict_original_sample``), where they are 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal, Mapping, NamedTuple, get_args
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch

@@ -12,16 +12,21 @@ Vocabulary and defaults follow diffusers (`set_timesteps`, `timesteps`,
   prediction, not re-derived from the clipped x̂0 (diffusers' use_clipped_model_output=False).
 
 Coefficients are 0-dim float32 tensors computed in diffusers' order, so given the same ᾱ_t
-the two agree bit for bit (float64 samples get float64 coefficients, more precise than diffusers). (sdlab's ᾱ_t comes from float64 and differs from diffusers'
-float32 cumprod by < 5e-7; over 1000 steps, β_t = 1 − ᾱ_t / ᾱ_{t−1} magnifies that.)
+the two agree bit for bit (float64 samples get float64 coefficients, more precise than
+diffusers). sdlab's ᾱ_t comes from float64 and differs from diffusers' float32 cumprod by
+< 5e-7; over 1000 steps, β_t = 1 − ᾱ_t / ᾱ_{t−1} magnifies that.
+
+Both samplers speak diffusers' scheduler protocol (`sdlab.sampler_base`), so `sample` is one
+loop for them and for every diffusers scheduler, and a diffusers loop runs with them unchanged.
 """
 
 from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch

@@ -242,8 +242,9 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - began
+    rate = (config.steps - run.start) * config.batch_size / seconds if seconds > 0 else 0.0
     return TrainResult(model=run.model.eval(), ema=run.ema.eval(), losses=run.losses, seconds=seconds,
-                       images_per_second=(config.steps - run.start) * config.batch_size / seconds if seconds > 0 else 0.0)
+                       images_per_second=rate)
 
 
 def train(

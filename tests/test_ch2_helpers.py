@@ -13,7 +13,6 @@ import sdlab as sd  # noqa: E402
 from sdlab.checks import ExerciseError, check_diffusion_loss, check_eps_or_x0, check_loss_weight  # noqa: E402
 from sdlab.plotting import moving_average, plot_losses, plot_noise_guesses, plot_per_timestep_loss  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("close_figures")  # tests/conftest.py
 
 
@@ -128,7 +127,7 @@ def test_eps_or_x0_check(capsys):
     for answer, message in [("a", "not \\(a\\)"), ("c", "not \\(c\\)"), ("d", "not \\(d\\)"),
                             ("e", "one of the letters"), (2, "one of the letters")]:
         with pytest.raises(ExerciseError, match=message):
-            check_eps_or_x0(lambda: answer)
+            check_eps_or_x0(lambda answer=answer: answer)
     with pytest.raises(ExerciseError, match="pass your function itself"):
         check_eps_or_x0("b")
 

@@ -8,8 +8,19 @@ import torch
 import sdlab as sd
 from sdlab.checkpoints import CheckpointError
 from sdlab.evaluate import (
-    CatDogClassifier, accuracy, ambiguous_fraction, blend, classifier_features, confidence, dog_probability,
-    frechet_distance, load_classifier, real_images, sample_quality, save_classifier, train_classifier,
+    CatDogClassifier,
+    accuracy,
+    ambiguous_fraction,
+    blend,
+    classifier_features,
+    confidence,
+    dog_probability,
+    frechet_distance,
+    load_classifier,
+    real_images,
+    sample_quality,
+    save_classifier,
+    train_classifier,
 )
 
 

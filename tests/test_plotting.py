@@ -17,7 +17,6 @@ from sdlab.images import to_numpy_image  # noqa: E402
 from sdlab.plotting import plot_noising_grid, plot_schedules, show_images  # noqa: E402
 from sdlab.schedules import SCHEDULE_NAMES, NoiseSchedule  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("close_figures")  # tests/conftest.py
 
 

@@ -9,7 +9,6 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor as diffusers_randn_tensor
 
-from sdlab.schedules import SCHEDULE_NAMES, NoiseSchedule
 from sdlab.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -20,6 +19,7 @@ from sdlab.samplers import (
     randn_tensor,
     sample,
 )
+from sdlab.schedules import SCHEDULE_NAMES, NoiseSchedule
 
 SHAPE = (2, 3, 8, 8)
 PREDICTIONS = ("epsilon", "v_prediction")

@@ -10,7 +10,14 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from sdlab.random import randn_tensor
-from sdlab.samplers import DDIMSampler, DDPMSampler, StepOutput, predict_original_sample, run_diffusers_scheduler, sample
+from sdlab.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    StepOutput,
+    predict_original_sample,
+    run_diffusers_scheduler,
+    sample,
+)
 from sdlab.schedules import NoiseSchedule
 
 SHAPE = (3, 2, 8, 8)

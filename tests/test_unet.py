@@ -353,7 +353,7 @@ def test_bad_construction_raises():
     with pytest.raises(TypeError, match="config must be a UNetConfig .*from_dict.*; got dict"):
         UNet(dataclasses.asdict(UNetConfig()))
     with pytest.raises(ValueError, match="no class conditioning .* so it has no null class"):
-        UNet(UNetConfig(**TINY)).null_class
+        _ = UNet(UNetConfig(**TINY)).null_class
     with pytest.raises(TypeError, match="expected a UNetConfig or a UNet; got dict"):
         receptive_field({})
     with pytest.raises(TypeError, match="describe expects an sdlab UNet; got Linear"):
