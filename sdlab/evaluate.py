@@ -22,6 +22,7 @@ from sdlab.checkpoints import CheckpointError
 from sdlab.data import ANIMALS, load_silhouettes, make_silhouette_batch
 from sdlab.random import rand, randint, seeded_global_rng
 from sdlab.silhouettes import Split
+from sdlab.validation import number_in_range, positive_int
 
 __all__ = [
     "CLASSES", "CatDogClassifier", "real_images", "train_classifier", "save_classifier", "load_classifier",
@@ -48,8 +49,7 @@ class CatDogClassifier(nn.Module):
     def __init__(self, *, width: int = 16, feature_dim: int = 32, resolution: int = 32) -> None:
         super().__init__()
         for name, value in (("width", width), ("feature_dim", feature_dim), ("resolution", resolution)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
+            positive_int(value, name)
         if resolution % 8 or width % 4:
             raise ValueError(f"resolution must be a multiple of 8 and width of 4; got {resolution} and {width}")
         self.config = {"width": width, "feature_dim": feature_dim, "resolution": resolution}
@@ -133,8 +133,7 @@ def train_classifier(
     """
     from sdlab.train import TrainConfig, fit  # sdlab.train imports the U-Net; keep this module light
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int; got {steps!r}")
+    steps = positive_int(steps, "steps")
     seed = int(randint(0, 2**31, (), generator=generator))
     with seeded_global_rng(seed):
         model = CatDogClassifier(resolution=resolution)
@@ -204,8 +203,7 @@ def accuracy(classifier: CatDogClassifier, images: torch.Tensor, labels: torch.T
 
 def blend(a: torch.Tensor, b: torch.Tensor, *, weight: float = 0.5) -> torch.Tensor:
     """Pixel average (1 − w)·a + w·b of two images of the same shape: "in between" a and b."""
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight <= 1:
-        raise ValueError(f"weight must be a number in [0, 1]; got {weight!r}")
+    weight = number_in_range(weight, "weight", 0, 1)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
     return (1 - weight) * a + weight * b

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple
 
-import numpy as np
 import torch
 from diffusers.configuration_utils import FrozenDict
 
 from sdlab.schedules import NoiseSchedule
+from sdlab.validation import as_int, int_in_range, is_real_number, one_of
 
 __all__ = ["PredictionType", "StepOutput", "predict_original_sample", "predict_epsilon", "SamplerBase"]
 
@@ -29,13 +29,12 @@ class StepOutput(NamedTuple):
 
 
 def _check_prediction_type(prediction_type: str) -> None:
-    if prediction_type not in get_args(PredictionType):
-        raise ValueError(f"prediction_type must be one of {get_args(PredictionType)}; got {prediction_type!r}")
+    one_of(prediction_type, "prediction_type", PredictionType)
 
 
 def _check_alpha_prod(alpha_prod_t: float | torch.Tensor) -> None:
     """ᾱ_t must lie in (0, 1]: outside it the square roots are complex or the division infinite."""
-    if isinstance(alpha_prod_t, bool) or not isinstance(alpha_prod_t, (int, float, np.number, torch.Tensor)):
+    if not (isinstance(alpha_prod_t, torch.Tensor) or is_real_number(alpha_prod_t)):
         raise TypeError(f"alpha_prod_t must be a number or a tensor; got {type(alpha_prod_t).__name__}")
     a = torch.as_tensor(alpha_prod_t, dtype=torch.float64)
     if a.numel() == 0 or not bool(((a > 0) & (a <= 1)).all()):
@@ -104,8 +103,7 @@ class SamplerBase:
         _check_prediction_type(prediction_type)
         if not isinstance(clip_sample, bool):
             raise TypeError(f"clip_sample must be True or False; got {clip_sample!r}")
-        if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
-            raise ValueError(f"steps_offset must be a non-negative int; got {steps_offset!r}")
+        steps_offset = int_in_range(steps_offset, "steps_offset", 0)
         self.schedule = schedule
         self.alphas_cumprod = schedule.alphas_cumprod  # ᾱ_t, (T,) float32 on the CPU
         self.num_train_timesteps = schedule.num_train_timesteps
@@ -140,9 +138,7 @@ class SamplerBase:
         ``timesteps`` becomes an int64 tensor of shape (n,) on ``device`` (default: the CPU).
         """
         T = self.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise TypeError(f"num_inference_steps must be an int; got {type(num_inference_steps).__name__}")
-        num_inference_steps = int(num_inference_steps)
+        num_inference_steps = as_int(num_inference_steps, "num_inference_steps")
         if not 1 <= num_inference_steps <= T:
             raise ValueError(f"num_inference_steps must lie in [1, {T}] for this schedule; got {num_inference_steps}")
         timesteps = torch.arange(num_inference_steps - 1, -1, -1) * (T // num_inference_steps) + self.steps_offset

@@ -26,15 +26,15 @@ import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from sdlab.random import Generators, randn_tensor
 from sdlab.sampler_base import PredictionType, SamplerBase, StepOutput, predict_epsilon, predict_original_sample
 from sdlab.schedules import NoiseSchedule
+from sdlab.validation import is_integer, number_in_range, one_of
 
 __all__ = [
     "PredictionType", "VarianceType", "StepOutput", "Trajectory", "Scheduler", "predict_original_sample",
@@ -78,9 +78,7 @@ class DDPMSampler(SamplerBase):
     ) -> None:
         super().__init__(schedule, prediction_type=prediction_type, clip_sample=clip_sample,
                          steps_offset=steps_offset)
-        if variance_type not in get_args(VarianceType):
-            raise ValueError(f"variance_type must be one of {get_args(VarianceType)}; got {variance_type!r}")
-        self.variance_type = variance_type
+        self.variance_type = one_of(variance_type, "variance_type", VarianceType)
 
     def _own_config(self) -> dict[str, Any]:
         return {"variance_type": self.variance_type}
@@ -151,9 +149,7 @@ class DDIMSampler(SamplerBase):
     ) -> None:
         super().__init__(schedule, prediction_type=prediction_type, clip_sample=clip_sample,
                          steps_offset=steps_offset)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-            raise ValueError(f"eta must be a number in [0, 1]; got {eta!r}")
-        self.eta = float(eta)
+        self.eta = number_in_range(eta, "eta", 0, 1)
         # ᾱ "before" the first timestep: 1 (a clean image) or ᾱ_0 (diffusers' set_alpha_to_one).
         self.set_alpha_to_one = set_alpha_to_one
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
@@ -217,9 +213,7 @@ class Scheduler(Protocol):
 
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    if not isinstance(shape, (tuple, list, torch.Size)):
-        raise ValueError(f"shape must be a tuple of positive ints such as (B, C, H, W); got {shape!r}")
-    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in shape):
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(is_integer(n) and n > 0 for n in shape):
         raise ValueError(f"shape must be a tuple of positive ints such as (B, C, H, W); got {shape!r}")
     return tuple(int(n) for n in shape)
 

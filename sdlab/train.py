@@ -33,6 +33,7 @@ from sdlab.checkpoints import load_checkpoint, save_checkpoint
 from sdlab.random import randint, randn_tensor, seeded_global_rng
 from sdlab.schedules import NoiseSchedule
 from sdlab.unet import predict_noise
+from sdlab.validation import int_in_range, number_in_range, one_of, positive_int, positive_number
 
 __all__ = ["TrainConfig", "TrainResult", "DataFn", "LossFn", "fit", "diffusion_loss", "train", "per_timestep_loss"]
 
@@ -41,6 +42,9 @@ __all__ = ["TrainConfig", "TrainResult", "DataFn", "LossFn", "fit", "diffusion_l
 DataFn = Callable[[int, torch.Generator], Any]
 # loss_fn(model, batch, generator) -> a scalar loss tensor; the generator seeds any noise it draws.
 LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
+
+
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -55,20 +59,25 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     compile: bool = False
     checkpoint_every: int = 0  # 0: only at the end (when a checkpoint path is given)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int; got {getattr(self, name)!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay}")
-        if self.lr <= 0 or self.grad_clip <= 0:
-            raise ValueError(f"lr and grad_clip must be positive; got lr={self.lr}, grad_clip={self.grad_clip}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16'; got {self.precision!r}")
+        checked = {
+            "steps": positive_int(self.steps, "steps"),
+            "batch_size": positive_int(self.batch_size, "batch_size"),
+            "lr": positive_number(self.lr, "lr"),
+            "warmup_steps": int_in_range(self.warmup_steps, "warmup_steps", 0),
+            "weight_decay": number_in_range(self.weight_decay, "weight_decay", 0),
+            "ema_decay": number_in_range(self.ema_decay, "ema_decay", 0, 1, high_open=True),
+            "grad_clip": positive_number(self.grad_clip, "grad_clip"),
+            "seed": int_in_range(self.seed, "seed", 0),
+            "precision": one_of(self.precision, "precision", Precision),
+            "checkpoint_every": int_in_range(self.checkpoint_every, "checkpoint_every", 0),
+        }
+        for name, value in checked.items():  # plain Python numbers, so asdict(config) is JSON
+            object.__setattr__(self, name, value)
 
 
 @dataclass
@@ -283,8 +292,7 @@ def per_timestep_loss(
     Returns:
         (centres (bins,), losses (bins,)): the middle timestep and mean loss of each band.
     """
-    if not isinstance(bins, int) or not 1 <= bins <= schedule.num_train_timesteps:
-        raise ValueError(f"bins must be an int in [1, {schedule.num_train_timesteps}]; got {bins!r}")
+    bins = int_in_range(bins, "bins", 1, schedule.num_train_timesteps)
     edges = torch.linspace(0, schedule.num_train_timesteps, bins + 1).long()
     device = next(model.parameters()).device
     generator = generator or torch.Generator(device).manual_seed(0)

@@ -224,3 +224,22 @@ def test_unet_config_stores_plain_values_from_numpy_scalars():
         UNetConfig(attention_levels=(1.0,))
     with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\); got nan"):
         UNetConfig(dropout=math.nan)
+
+
+def test_samplers_and_training_take_numpy_numbers():
+    import json
+    from dataclasses import asdict
+
+    from sdlab.samplers import DDIMSampler, predict_original_sample
+    from sdlab.schedules import NoiseSchedule
+    from sdlab.train import TrainConfig
+
+    sampler = DDIMSampler(NoiseSchedule("cosine"), eta=np.float32(0.5), steps_offset=np.int64(1))
+    sampler.set_timesteps(np.int64(10))
+    assert sampler.eta == 0.5 and type(sampler.eta) is float and sampler.timesteps[0] == 901
+    config = TrainConfig(steps=np.int64(5), batch_size=np.int32(4), lr=np.float32(1e-3), ema_decay=np.float64(0.9))
+    assert json.loads(json.dumps(asdict(config)))["steps"] == 5 and type(config.batch_size) is int
+    x = torch.ones(1, 1, 2, 2)
+    assert torch.equal(predict_original_sample(x, x, np.float64(1.0)), x)
+    with pytest.raises(ValueError, match="lr must be a positive number; got nan"):
+        TrainConfig(lr=float("nan"))
