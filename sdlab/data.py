@@ -55,6 +55,7 @@ Colour = Literal["red", "orange", "yellow", "green", "blue", "purple", "white", 
 Size = Literal["small", "large"]
 Position = Literal["left", "centre", "right"]
 HeldOut = Literal["exclude", "only", "include"]
+Shading = Literal["flat", "detail"]
 
 COLOURS: tuple[str, ...] = get_args(Colour)
 COLOUR_RGB = MappingProxyType({
@@ -70,6 +71,7 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
     ("elephant", "red"), ("giraffe", "purple"), ("horse", "black"), ("sheep", "blue"), ("zebra", "orange"),
 )
 _WHERE = {"left": "on the left", "centre": "in the centre", "right": "on the right"}
+_DETAIL_STRENGTH = 0.7  # how far the darkest detail moves the animal's colour (shading="detail")
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -144,6 +146,15 @@ class SceneBatch:
         columns = [t.tolist() for t in self.labels.values()]
         return [SceneSpec(*(n[i] for n, i in zip(names, row))) for row in zip(*columns)]
 
+    @staticmethod
+    def cat(batches: Sequence[SceneBatch]) -> SceneBatch:
+        """One batch of all the scenes of ``batches``, in order (their images must share a size and device)."""
+        if not batches or not all(isinstance(b, SceneBatch) for b in batches):
+            raise TypeError(f"batches must be a non-empty sequence of SceneBatch; got {batches!r:.60}")
+        labels = {k: torch.cat([b.labels[k] for b in batches]) for k in batches[0].labels}
+        return SceneBatch(torch.cat([b.images for b in batches]), torch.cat([b.masks for b in batches]),
+                          [c for b in batches for c in b.captions], **labels)
+
     def to(self, device: torch.device | str) -> SceneBatch:
         """The same batch with every tensor on ``device``."""
         moved = {k: v.to(device) for k, v in self.labels.items()}
@@ -153,7 +164,7 @@ class SceneBatch:
 def make_scenes(
     n: int, *, resolution: Resolution = 32, classes: Sequence[str] | str | None = None,
     colours: Sequence[str] | str | None = None, split: Split = "train", held_out: HeldOut = "exclude",
-    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    shading: Shading = "flat", generator: torch.Generator | None = None, device: torch.device | str | None = None,
 ) -> SceneBatch:
     """Draw ``n`` random captioned scenes.
 
@@ -166,6 +177,8 @@ def make_scenes(
         classes: animals to use (default all); colours: colours for animal and background (default all, >= 2).
         split: whose silhouettes to paint, ``"train"`` or ``"test"``.
         held_out: ``"exclude"`` never draws ``HELD_OUT`` pairs, ``"only"`` draws only them, ``"include"`` both.
+        shading: ``"flat"`` paints the animal in one colour (its shape alone); ``"detail"`` keeps the
+            silhouette's inner detail (a zebra's stripes) as darker tones of that colour.
         generator: makes the batch reproducible (same seed, same images and captions; the
             captions and labels do not depend on ``resolution``).
         device: where the images are rendered (default CPU); random numbers come from the generator's device.
@@ -199,11 +212,11 @@ def make_scenes(
     background = allowed[j + (j >= slot[colour]).long()]
     labels = dict(animal=animal, colour=colour, background=background, size=draw(len(SIZES), n),
                   position=draw(len(POSITIONS), n))
-    return _render(labels, resolution=resolution, split=split, generator=generator, device=device)
+    return _render(labels, resolution=resolution, split=split, shading=shading, generator=generator, device=device)
 
 
 def render_scenes(
-    specs: Sequence[SceneSpec], *, resolution: Resolution = 32, split: Split = "train",
+    specs: Sequence[SceneSpec], *, resolution: Resolution = 32, split: Split = "train", shading: Shading = "flat",
     generator: torch.Generator | None = None, device: torch.device | str | None = None,
 ) -> SceneBatch:
     """Render given scenes (any combination, held-out ones included); silhouette and jitter are random.
@@ -222,12 +235,13 @@ def render_scenes(
     g_device = generator_device(generator)
     names = dict(animal=ANIMALS, colour=COLOURS, background=COLOURS, size=SIZES, position=POSITIONS)
     labels = {k: torch.tensor([v.index(getattr(s, k)) for s in specs], device=g_device) for k, v in names.items()}
-    return _render(labels, resolution=resolution, split=split, generator=generator, device=device)
+    return _render(labels, resolution=resolution, split=split, shading=shading, generator=generator, device=device)
 
 
-def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str,
+def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str, shading: str,
             generator: torch.Generator | None, device) -> SceneBatch:
     """Paint each scene: alpha-blend the animal colour over the background through the silhouette mask."""
+    shading = one_of(shading, "shading", Shading)
     device = torch.device("cpu") if device is None else torch.device(device)
     g_device = labels["animal"].device
     n, R = len(labels["animal"]), resolution
@@ -243,6 +257,7 @@ def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str,
     x0 = torch.stack([jx, free // 2 + jx - J // 2, free - jx])[lab["position"], torch.arange(n, device=device)]
     x0, y0 = x0.clamp(min=0).minimum(free), (free // 2 + jy - J // 2).clamp(min=0).minimum(free)
     alpha = torch.zeros(n, R, R, device=device)
+    grey = torch.ones(n, R, R, device=device)  # 1: the animal's own colour; darker where its detail is dark
     for size_index, side in enumerate(sides):
         chosen = (lab["size"] == size_index).nonzero().squeeze(1)
         if len(chosen) == 0:
@@ -251,8 +266,14 @@ def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str,
         ar = torch.arange(side, device=device)
         rows, cols = (y0[chosen, None] + ar)[:, :, None], (x0[chosen, None] + ar)[:, None, :]
         alpha[chosen[:, None, None], rows, cols] = sprites
+        if shading == "detail":
+            detail = _sprite_bank(side, "grey")[silhouette[chosen.cpu()]].to(device).float() / 255
+            grey[chosen[:, None, None], rows, cols] = (detail / sprites.clamp(min=1 / 255)).clamp(max=1)
     rgb = torch.tensor([COLOUR_RGB[c] for c in COLOURS], dtype=torch.float32, device=device) / 127.5 - 1
     fg, bg = rgb[lab["colour"], :, None, None], rgb[lab["background"], :, None, None]
+    if shading == "detail":  # dark detail pulls light colours towards black and black towards grey
+        towards = torch.where(fg.mean(1, keepdim=True) > -0.4, -1.0, 0.0)
+        fg = fg + _DETAIL_STRENGTH * (1 - grey[:, None]) * (towards - fg)
     images = bg + alpha[:, None] * (fg - bg)  # "over": x = α·animal + (1 − α)·background (Porter & Duff 1984)
     columns = [[names[i] for i in t.tolist()] for names, t in
                zip((ANIMALS, COLOURS, COLOURS, SIZES, POSITIONS), labels.values())]

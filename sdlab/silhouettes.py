@@ -140,8 +140,12 @@ def _masks() -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _sprite_bank(side: int) -> torch.Tensor:
-    """Masks cropped to their bounding square, resized to side×side: (10000, side, side) uint8 alpha."""
+def _sprite_bank(side: int, kind: Literal["mask", "grey"] = "mask") -> torch.Tensor:
+    """Silhouettes cropped to their mask's bounding square, resized to side×side: (10000, side, side) uint8.
+
+    ``kind="mask"`` gives the alpha of each animal; ``"grey"`` its grey values (the inner detail) in the
+    same square, zero outside the mask.
+    """
     mask = _masks()
     ar = torch.arange(28)
     rows, cols = mask.any(2), mask.any(1)
@@ -155,7 +159,8 @@ def _sprite_bank(side: int) -> torch.Tensor:
     out = []
     for chunk in torch.arange(len(mask)).split(2000):
         grid = F.affine_grid(theta[chunk], [len(chunk), 1, k * side, k * side], align_corners=False)
-        alpha = F.grid_sample(mask[chunk, None].float(), grid, align_corners=False)
+        source = mask[chunk].float() if kind == "mask" else _raw()[0][chunk].float() / 255 * mask[chunk]
+        alpha = F.grid_sample(source[:, None], grid, align_corners=False)
         out.append((F.avg_pool2d(alpha, k)[:, 0] * 255).round().to(torch.uint8))
     return torch.cat(out)
 

@@ -254,3 +254,20 @@ def test_data_benchmark_script_reports_a_rate():
 def test_bad_inputs_raise_clear_errors(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_detail_shading_keeps_the_inner_detail_of_the_silhouette():
+    flat = make_scenes(64, resolution=64, generator=torch.Generator().manual_seed(3))
+    detail = make_scenes(64, resolution=64, shading="detail", generator=torch.Generator().manual_seed(3))
+    assert flat.captions == detail.captions and torch.equal(flat.masks, detail.masks)  # same scenes, same shapes
+    background = flat.masks == 0
+    assert torch.equal(flat.images * background, detail.images * background)  # only the animal changes
+    inside = (flat.masks > 0.99).expand_as(flat.images)
+    changed = (flat.images - detail.images).abs()[inside]
+    assert changed.max() > 0.3 and changed.median() < 0.2  # darker detail here and there, the colour kept
+    zebra = make_scenes(1, resolution=64, classes="zebra", colours=("white", "black"), shading="detail",
+                        generator=torch.Generator().manual_seed(0))
+    body = zebra.images[0][(zebra.masks[0] > 0.99).expand(3, -1, -1)]
+    assert body.std() > 0.1  # stripes: the body is not one flat colour
+    with pytest.raises(ValueError, match="shading must be one of \\('flat', 'detail'\\); got 'grey'"):
+        make_scenes(2, shading="grey")
