@@ -16,13 +16,14 @@ Options: --steps, --batch-size, --threads, --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
 import torch
 
 import sdlab as sd
-from sdlab.pretrained import REGISTRY, DiffusionRecipe, save_pretrained
+from sdlab.pretrained import REGISTRY, CLIPRecipe, DiffusionRecipe, save_pretrained
 
 
 def _machine(device: torch.device) -> str:
@@ -73,6 +74,26 @@ def train_judge(name: str, recipe: sd.pretrained.ClassifierRecipe, args: argpars
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) in {seconds:.0f} s: {info}")
 
 
+def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
+    device = sd.pick_device()
+    config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
+        model = sd.clip.MiniCLIP(sd.clip.MiniCLIPConfig(**recipe.config)).to(device)
+    print(f"{name}: {sd.unet.count_parameters(model):,} parameters\n{config}")
+    data = functools.partial(sd.clip.clip_batch, hard_fraction=recipe.hard_fraction)
+    result = sd.train.fit(model, sd.clip.clip_loss, data, config=config,
+                          checkpoint=Path(f"build/{name}-run.safetensors"), resume=True, desc=name)
+    final = sum(result.losses[-50:]) / len(result.losses[-50:])
+    info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": sd.clip.SCENES,
+            "hard_fraction": recipe.hard_fraction,
+            "final_loss": round(final, 4), "losses": [round(x, 4) for x in result.losses],
+            "trained_on": _machine(device), "seconds": round(result.seconds, 1) if result.seconds > 1 else None,
+            "pairs_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
+    out = args.out or REGISTRY[name].path
+    result.model.save_pretrained(out, info=info)
+    print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} pairs/s, {result.seconds:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(REGISTRY))
@@ -86,6 +107,8 @@ def main() -> None:
     recipe = REGISTRY[args.name].recipe
     if isinstance(recipe, DiffusionRecipe):
         train_unet(args.name, recipe, args)
+    elif isinstance(recipe, CLIPRecipe):
+        train_clip(args.name, recipe, args)
     else:
         train_judge(args.name, recipe, args)
 

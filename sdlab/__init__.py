@@ -3,26 +3,30 @@
 Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
 ``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
 ``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.pretrained``,
-``sd.random``, ``sd.samplers``, ``sd.evaluate``.
+``sd.random``, ``sd.samplers``, ``sd.evaluate``, ``sd.tokenizer``, ``sd.captions``, ``sd.clip``, ``sd.hub``.
 The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
 
 from sdlab import (
-                   checkpoints,
-                   checks,
-                   data,
-                   evaluate,
-                   images,
-                   plotting,
-                   pretrained,
-                   random,
-                   samplers,
-                   schedules,
-                   silhouettes,
-                   train,
-                   unet,
-                   widgets,
+    captions,
+    checkpoints,
+    checks,
+    clip,
+    data,
+    evaluate,
+    hub,
+    images,
+    plotting,
+    pretrained,
+    random,
+    samplers,
+    schedules,
+    silhouettes,
+    tokenizer,
+    train,
+    unet,
+    widgets,
 )
 from sdlab.config import QUICK_ENV, is_quick, quick_or_full
 from sdlab.device import pick_device
@@ -32,10 +36,13 @@ from sdlab.unet import UNet, UNetConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "captions",
     "checkpoints",
     "checks",
+    "clip",
     "data",
     "evaluate",
+    "hub",
     "images",
     "plotting",
     "pretrained",
@@ -43,6 +50,7 @@ __all__ = [
     "samplers",
     "schedules",
     "silhouettes",
+    "tokenizer",
     "train",
     "unet",
     "widgets",

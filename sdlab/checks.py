@@ -405,3 +405,79 @@ def check_ddim_step(fn: Callable[[torch.Tensor, int, torch.Tensor, int, torch.Te
         _raise_miss(got, expected, _ddim_slips(eps, t, x_t, prev_t, ab), where=f"step t = {t} → prev_t = {prev_t}",
                     what="x_(t−1)", advice="recheck x_(t−1) = √ᾱ_(t−1) · x̂0 + √(1 − ᾱ_(t−1)) · ε̂")
     _passed("DDIM step")
+
+
+# ----------------------------------------------------------------------------- chapter 4: CLIP
+
+__all__ += ["check_similarity_matrix", "check_contrastive_loss"]
+
+
+def _ch4_miss(got: torch.Tensor, expected: torch.Tensor, slips: list[tuple[str, torch.Tensor]], what: str) -> None:
+    """Raise with the slip ``got`` matches (or how far off it is), unless it is right."""
+    if _same(got, expected, 1e-6):
+        return
+    for hint, wrong in slips:
+        if _same(got, wrong, 1e-6):
+            raise ExerciseError(f"{what}: {hint}")
+    if got.shape != expected.shape:
+        raise ExerciseError(f"{what} should have shape {tuple(expected.shape)}; got {tuple(got.shape)}")
+    raise ExerciseError(f"{what} is off by up to {(got - expected).abs().max().item():.4g}")
+
+
+def check_similarity_matrix(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], *,
+                            seed: int = 0) -> bool:
+    """Check ``fn(image_embeds (N, D), text_embeds (M, D), logit_scale) -> logits (N, M)``.
+
+    logits[i, j] = exp(logit_scale) · cos(image i, caption j): both sides normalised to unit length
+    along the feature axis, then multiplied by the temperature's inverse exp(logit_scale).
+    """
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(4, 6, generator=g, dtype=torch.float64) * torch.tensor([[0.5], [2.0], [1.0], [3.0]])
+    texts = torch.randn(3, 6, generator=g, dtype=torch.float64) * 1.7
+    scale = torch.tensor(1.3, dtype=torch.float64)
+    unit = lambda x, dim=-1: x / x.norm(dim=dim, keepdim=True)  # noqa: E731
+    cos = unit(images) @ unit(texts).T
+    slips = [
+        ("you forgot to normalise the embeddings to unit length (the cosine needs both divided by their norm)",
+         scale.exp() * images @ texts.T),
+        ("only one side is normalised: divide both the image and the text embeddings by their norms",
+         scale.exp() * unit(images) @ texts.T),
+        ("only one side is normalised: divide both the image and the text embeddings by their norms",
+         scale.exp() * images @ unit(texts).T),
+        ("you normalised along the wrong axis: each embedding (each row) should get length 1",
+         scale.exp() * unit(images, 0) @ unit(texts, 0).T),
+        ("the matrix is transposed: rows are images (N), columns are captions (M)", scale.exp() * cos.T),
+        ("the temperature is inverted: multiply by exp(logit_scale), do not divide", cos / scale.exp()),
+        ("logit_scale is a logarithm: multiply by exp(logit_scale), not by logit_scale itself", scale * cos),
+        ("you left out the temperature: multiply the cosines by exp(logit_scale)", cos),
+    ]
+    got = _call(fn, images.clone(), texts.clone(), scale.clone())
+    _ch4_miss(got, scale.exp() * cos, slips, "the similarity matrix")
+    return _passed("similarity matrix")
+
+
+def check_contrastive_loss(fn: Callable[[torch.Tensor], torch.Tensor], *, seed: int = 0) -> bool:
+    """Check ``fn(logits_per_image (B, B)) -> loss``, CLIP's symmetric InfoNCE loss.
+
+    loss = ½ [CE(logits, 0..B−1) + CE(logitsᵀ, 0..B−1)]: each image picks its caption among the B
+    (rows), and each caption its image (columns); pair i sits on the diagonal.
+    """
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(5, 5, generator=g, dtype=torch.float64) * 3 + 2 * torch.eye(5, dtype=torch.float64)
+    targets = torch.arange(5)
+    rows = torch.nn.functional.cross_entropy(logits, targets)
+    cols = torch.nn.functional.cross_entropy(logits.T, targets)
+    slips = [
+        ("only one direction: average the image→caption loss (rows) and the caption→image loss (columns)", rows),
+        ("only one direction: average the image→caption loss (rows) and the caption→image loss (columns)", cols),
+        ("you added the two directions: CLIP takes their mean, ½ (rows + columns)", rows + cols),
+        ("the sign is flipped: cross-entropy is minus the log-probability of the right pair", -(rows + cols) / 2),
+        ("the targets are wrong: pair i is the diagonal entry (i, i), so the targets are 0, 1, ..., B−1",
+         (torch.nn.functional.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+          + torch.nn.functional.cross_entropy(logits.T, torch.zeros(5, dtype=torch.long))) / 2),
+    ]
+    got = _call(fn, logits.clone())
+    if got.numel() != 1:
+        raise ExerciseError(f"the loss should be one number (a 0-dim tensor); got shape {tuple(got.shape)}")
+    _ch4_miss(got.reshape(()), (rows + cols) / 2, slips, "the loss")
+    return _passed("contrastive loss")

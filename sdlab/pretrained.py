@@ -29,10 +29,12 @@ from sdlab.checkpoints import _TRAINING_PREFIXES, WEIGHTS_DIR, CheckpointError, 
 from sdlab.data import make_scenes, make_silhouette_batch
 from sdlab.unet import UNetConfig
 
-__all__ = ["DiffusionRecipe", "ClassifierRecipe", "Shipped", "REGISTRY", "names", "load_pretrained",
+__all__ = ["DiffusionRecipe", "ClassifierRecipe", "CLIPRecipe", "Shipped", "REGISTRY", "names", "load_pretrained",
            "save_pretrained", "RECORD_FILE"]
 
-Format = Literal["sdlab", "diffusers", "transformers"]
+# "sdlab": one .safetensors file; "folder": the class's own save_pretrained folder (diffusers,
+# transformers, or an sdlab class with from_pretrained, such as mini-CLIP's).
+Format = Literal["sdlab", "folder"]
 RECORD_FILE = "sdlab_record.json"  # the training record inside a save_pretrained folder
 # The sdlab classes a single-file entry can hold, by the name stored in the file.
 _SDLAB_CLASSES = {"UNet": "sdlab.unet.UNet", "CatDogClassifier": "sdlab.evaluate.CatDogClassifier"}
@@ -76,6 +78,28 @@ class ClassifierRecipe:
 
 
 @dataclass(frozen=True)
+class CLIPRecipe:
+    """How mini-CLIP is trained: its sizes (`sdlab.clip.MiniCLIPConfig` fields) and `fit` settings."""
+
+    config: dict = field(default_factory=dict)  # MiniCLIPConfig(**config); empty: the defaults
+    steps: int = 1500
+    batch_size: int = 256
+    hard_fraction: float = 0.5  # of each batch in groups that differ only in the animal (sdlab.clip.clip_batch)
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def train_config(self, **overrides: Any):
+        """The `sdlab.train.TrainConfig` of this recipe (no EMA: the final weights ship)."""
+        from sdlab.train import TrainConfig
+
+        settings = dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+                        weight_decay=self.weight_decay, ema_decay=0.0, seed=self.seed, checkpoint_every=100)
+        return TrainConfig(**{**settings, **overrides})
+
+
+@dataclass(frozen=True)
 class Shipped:
     """One shipped model: what it is, what trains it, and where its file is (under ``sdlab/weights``)."""
 
@@ -84,7 +108,7 @@ class Shipped:
     description: str
     model_class: str  # "sdlab.unet.UNet", "diffusers.AutoencoderKL", "transformers.CLIPTextModel", ...
     recipe: DiffusionRecipe | ClassifierRecipe | Any
-    format: Format = "sdlab"  # "sdlab": one .safetensors file; otherwise the library's save_pretrained folder
+    format: Format = "sdlab"
     extra: dict = field(default_factory=dict)  # anything else a chapter needs to know
 
     @property
@@ -108,6 +132,8 @@ REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
                             weights="ema")),
     Shipped("catdog_classifier", 3, "cat-or-dog judge of generated silhouettes (p(dog), Fréchet features)",
             "sdlab.evaluate.CatDogClassifier", ClassifierRecipe()),
+    Shipped("miniclip", 4, "mini-CLIP: a CLIPTextModel text tower and a CNN image tower, on 64×64 scenes",
+            "sdlab.clip.MiniCLIP", CLIPRecipe(), format="folder"),
 ]}
 
 

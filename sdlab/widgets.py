@@ -9,6 +9,7 @@ the same precomputed frames. ``animate`` gives the JavaScript player alone.
 
 from __future__ import annotations
 
+import html
 import io
 import re
 from collections.abc import Callable, Sequence
@@ -22,7 +23,8 @@ from matplotlib.figure import Figure
 from sdlab.images import to_numpy_image
 from sdlab.validation import is_integer, number_in_range
 
-__all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "animate"]
+__all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "animate", "PromptBox", "prompt_box", "tokens_html",
+           "token_box"]
 
 _PANEL_PIXELS = 192  # each panel is drawn about this many pixels wide (a whole multiple of the image)
 _GAP = 4  # pixels around and between panels
@@ -319,3 +321,67 @@ def timestep_player(
     titles = [f"{label}={v}" if title is None else f"{title}\n{label}={v}" for v in values]
     player = FramePlayer(frames, titles=titles, interval_ms=interval_ms)
     return TimestepPlayer(player, values, label=label, title=title)
+
+
+class PromptBox:
+    """A text box that re-renders as you type (live Jupyter); on the website, the fixed example's rendering.
+
+    ``render(prompt) -> str`` returns HTML (for example a table of a prompt's tokens).
+    """
+
+    def __init__(self, render: Callable[[str], str], value: str, *, description: str = "prompt") -> None:
+        if not callable(render):
+            raise TypeError(f"render must be a function prompt -> HTML; got {type(render).__name__}")
+        if not isinstance(value, str):
+            raise TypeError(f"value must be a str; got {type(value).__name__}")
+        self.render, self.value, self.description = render, value, description
+
+    def __repr__(self) -> str:
+        return f"<PromptBox: {self.value!r}>"
+
+    def widget(self) -> Any:
+        """The live version: an ipywidgets Text box above an HTML view that follows it."""
+        import ipywidgets
+
+        box = ipywidgets.Text(value=self.value, description=self.description,
+                              layout=ipywidgets.Layout(width="100%"), continuous_update=False)
+        view = ipywidgets.HTML(self.render(self.value))
+
+        def on_change(change: dict) -> None:
+            try:
+                view.value = self.render(change["new"])
+            except (TypeError, ValueError) as error:  # the reader's input: show the message, keep the box
+                view.value = f"<p>{html.escape(str(error))}</p>"
+
+        box.observe(on_change, names="value")
+        return ipywidgets.VBox([box, view])
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """Widget view, the example's HTML and plain text; the front-end picks the richest it can show."""
+        bundle = dict(self.widget()._repr_mimebundle_() or {})
+        bundle["text/html"] = f"<p><code>{html.escape(self.value)}</code></p>" + self.render(self.value)
+        bundle["text/plain"] = repr(self)
+        return bundle
+
+
+def prompt_box(render: Callable[[str], str], value: str, *, description: str = "prompt") -> PromptBox:
+    """A :class:`PromptBox`: type a prompt, see ``render(prompt)``; the website shows ``render(value)``."""
+    return PromptBox(render, value, description=description)
+
+
+def tokens_html(prompt: str) -> str:
+    """An HTML table of a prompt's BPE pieces and their ids (``</w>`` shown as ␣: the end of a word)."""
+    from sdlab.tokenizer import END_OF_WORD, pieces
+
+    found = pieces(prompt)
+    style = "padding:2px 6px;text-align:center;border:1px solid #ddd"
+    cells = "".join(f'<td style="{style}"><code>{html.escape(p.replace(END_OF_WORD, "␣"))}</code><br>'
+                    f"<small>{i}</small></td>" for p, i in found)
+    note = f"<p>{len(found)} tokens (of 77 places)</p>" if len(found) <= 77 else \
+        f"<p>{len(found)} tokens: only the first 77 reach the text encoder</p>"
+    return f'<div style="overflow-x:auto"><table><tr>{cells}</tr></table></div>{note}'
+
+
+def token_box(value: str = "a small red cat on the left, blue background") -> PromptBox:
+    """Type a prompt, see its pieces and ids (live); the website shows ``value``'s."""
+    return prompt_box(tokens_html, value)

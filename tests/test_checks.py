@@ -97,3 +97,54 @@ def test_check_rejects_a_result_instead_of_a_function():
 
 def test_exercise_error_is_an_assertion_error_for_autograders():
     assert issubclass(ExerciseError, AssertionError)
+
+
+# --- chapter 4 -------------------------------------------------------------------------------------------
+
+def _unit(x, dim=-1):
+    return x / x.norm(dim=dim, keepdim=True)
+
+
+def test_similarity_matrix_check_accepts_right_answers_and_names_slips():
+    from sdlab.checks import ExerciseError, check_similarity_matrix
+
+    assert check_similarity_matrix(lambda a, b, s: s.exp() * _unit(a) @ _unit(b).T)
+    assert check_similarity_matrix(lambda a, b, s: torch.nn.functional.normalize(a, dim=1)
+                                   @ torch.nn.functional.normalize(b, dim=1).T * s.exp(), seed=3)
+    wrong = [
+        (lambda a, b, s: s.exp() * a @ b.T, "forgot to normalise"),
+        (lambda a, b, s: s.exp() * _unit(a, 0) @ _unit(b, 0).T, "wrong axis"),
+        (lambda a, b, s: s.exp() * _unit(b) @ _unit(a).T, "transposed"),
+        (lambda a, b, s: _unit(a) @ _unit(b).T / s.exp(), "temperature is inverted"),
+        (lambda a, b, s: s * _unit(a) @ _unit(b).T, "logit_scale is a logarithm"),
+        (lambda a, b, s: _unit(a) @ _unit(b).T, "left out the temperature"),
+        (lambda a, b, s: s.exp() * _unit(a) @ b.T, "only one side"),
+        (lambda a, b, s: 2 * s.exp() * _unit(a) @ _unit(b).T, "off by up to"),
+    ]
+    for fn, message in wrong:
+        with pytest.raises(ExerciseError, match=message):
+            check_similarity_matrix(fn)
+
+
+def test_contrastive_loss_check_accepts_right_answers_and_names_slips():
+    from sdlab.checks import ExerciseError, check_contrastive_loss
+    from sdlab.clip import contrastive_loss
+
+    F = torch.nn.functional
+    assert check_contrastive_loss(contrastive_loss)
+    assert check_contrastive_loss(lambda z: (F.cross_entropy(z, torch.arange(len(z)))
+                                             + F.cross_entropy(z.T, torch.arange(len(z)))) / 2, seed=5)
+    wrong = [
+        (lambda z: F.cross_entropy(z, torch.arange(len(z))), "only one direction"),
+        (lambda z: F.cross_entropy(z.T, torch.arange(len(z))), "only one direction"),
+        (lambda z: F.cross_entropy(z, torch.arange(len(z))) + F.cross_entropy(z.T, torch.arange(len(z))), "added"),
+        (lambda z: -contrastive_loss(z), "sign is flipped"),
+        (lambda z: contrastive_loss(z) * 0 + F.cross_entropy(z, torch.zeros(len(z), dtype=torch.long)),
+         "off by up to"),
+        (lambda z: (F.cross_entropy(z, torch.arange(len(z)), reduction="none")
+                    + F.cross_entropy(z.T, torch.arange(len(z)), reduction="none")) / 2, "one number"),
+        (lambda z: None, "returned None"),
+    ]
+    for fn, message in wrong:
+        with pytest.raises(ExerciseError, match=message):
+            check_contrastive_loss(fn)

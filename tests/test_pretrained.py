@@ -76,14 +76,14 @@ def test_library_models_load_from_their_own_save_pretrained_folder(tmp_path, mon
                             sample_size=8)
     vae.save_pretrained(tmp_path / "tiny_vae")
     (tmp_path / "tiny_vae" / pretrained.RECORD_FILE).write_text(json.dumps({"steps": 7}))
-    entry = Shipped("tiny_vae", 5, "a test autoencoder", "diffusers.AutoencoderKL", recipe=None, format="diffusers")
+    entry = Shipped("tiny_vae", 5, "a test autoencoder", "diffusers.AutoencoderKL", recipe=None, format="folder")
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     monkeypatch.setitem(REGISTRY, "tiny_vae", entry)
     loaded, info = load_pretrained("tiny_vae")
     x = torch.randn(1, 3, 8, 8)
     assert info == {"steps": 7} and isinstance(loaded, AutoencoderKL) and not loaded.training
     torch.testing.assert_close(loaded.encode(x).latent_dist.mean, vae.encode(x).latent_dist.mean)
-    monkeypatch.setitem(REGISTRY, "gone", Shipped("gone", 5, "", "diffusers.AutoencoderKL", None, "diffusers"))
+    monkeypatch.setitem(REGISTRY, "gone", Shipped("gone", 5, "", "diffusers.AutoencoderKL", None, "folder"))
     with pytest.raises(CheckpointError, match="no diffusers.AutoencoderKL folder at .*gone"):
         load_pretrained("gone")
 

@@ -199,3 +199,32 @@ def test_player_takes_numpy_scalars_and_refuses_nan(x0):
         animate([x0], interval_ms=float("nan"))
     with pytest.raises(TypeError, match=r"values must all be ints; got np.True_"):
         timestep_player(lambda t: x0, [np.bool_(True)])
+
+
+def test_prompt_box_renders_live_and_for_the_website():
+    from sdlab.widgets import prompt_box
+
+    box = prompt_box(lambda p: f"<b>{len(p.split())} words</b>", "a red cat")
+    bundle = box._repr_mimebundle_()
+    assert WIDGET_MIME in bundle and "<b>3 words</b>" in bundle["text/html"] and "a red cat" in bundle["text/html"]
+    widget = box.widget()
+    text, view = widget.children
+    text.value = "a small red cat"
+    assert view.value == "<b>4 words</b>"
+    failing = prompt_box(lambda p: (_ for _ in ()).throw(ValueError("too long")) if len(p) > 5 else p, "ok")
+    text, view = failing.widget().children
+    text.value = "far too long"
+    assert view.value == "<p>too long</p>"
+    with pytest.raises(TypeError, match="render must be a function"):
+        prompt_box("not a function", "x")
+
+
+def test_token_box_shows_pieces_and_ids():
+    from sdlab.widgets import token_box, tokens_html
+
+    table = tokens_html("a photo of a cat")
+    for piece, i in [("photo␣", 1125), ("cat␣", 2368), ("&lt;|startoftext|&gt;", 49406)]:
+        assert f"<code>{piece}</code><br><small>{i}</small>" in table.replace("<br>\n", "<br>")
+    assert "7 tokens (of 77 places)" in table
+    assert "only the first 77" in tokens_html("cat " * 80)
+    assert "photo" in token_box("a photo")._repr_mimebundle_()["text/html"]
