@@ -18,7 +18,7 @@ import importlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +40,15 @@ RECORD_FILE = "sdlab_record.json"  # the training record inside a save_pretraine
 _SDLAB_CLASSES = {"UNet": "sdlab.unet.UNet", "CatDogClassifier": "sdlab.evaluate.CatDogClassifier"}
 
 
+def _train_config(recipe: Any, overrides: dict, **fixed: Any):
+    """A `sdlab.train.TrainConfig` from the recipe's fields of the same names, ``fixed`` and ``overrides``."""
+    from sdlab.train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    settings = {name: getattr(recipe, name) for name in names if hasattr(recipe, name)}
+    return TrainConfig(**{**settings, **fixed, **overrides})
+
+
 @dataclass(frozen=True)
 class DiffusionRecipe:
     """How a shipped noise predictor is trained: its data, network, schedule and `fit` settings."""
@@ -59,11 +68,7 @@ class DiffusionRecipe:
 
     def train_config(self, **overrides: Any):
         """The `sdlab.train.TrainConfig` of this recipe (``steps``, ``batch_size`` ... may be overridden)."""
-        from sdlab.train import TrainConfig
-
-        settings = dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
-                        ema_decay=self.ema_decay, seed=self.seed, checkpoint_every=250)
-        return TrainConfig(**{**settings, **overrides})
+        return _train_config(self, overrides, checkpoint_every=250)
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,7 @@ class CLIPRecipe:
 
     def train_config(self, **overrides: Any):
         """The `sdlab.train.TrainConfig` of this recipe (no EMA: the final weights ship)."""
-        from sdlab.train import TrainConfig
-
-        settings = dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
-                        weight_decay=self.weight_decay, ema_decay=0.0, seed=self.seed, checkpoint_every=100)
-        return TrainConfig(**{**settings, **overrides})
+        return _train_config(self, overrides, ema_decay=0.0, checkpoint_every=100)
 
 
 @dataclass(frozen=True)

@@ -92,3 +92,12 @@ def test_the_old_names_still_work_with_a_warning():
     with pytest.warns(DeprecationWarning, match="use sd.pretrained.load_pretrained"):
         model, info = sd.checkpoints.load_pretrained("scenes32")
     assert isinstance(model, sd.UNet) and info["steps"] == REGISTRY["scenes32"].recipe.steps
+
+
+def test_recipes_give_their_training_settings():
+    for name in ("scenes32", "miniclip"):
+        recipe = REGISTRY[name].recipe
+        config = recipe.train_config(steps=7)
+        assert config.steps == 7 and config.batch_size == recipe.batch_size and config.lr == recipe.lr
+        assert config.seed == recipe.seed and config.warmup_steps == recipe.warmup_steps
+    assert REGISTRY["miniclip"].recipe.train_config().ema_decay == 0.0  # its final weights ship
