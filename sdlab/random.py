@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["Generators", "randn_tensor", "randint", "rand", "randperm", "generator_device", "seeded_global_rng"]
+__all__ = ["Generators", "randn_tensor", "randint", "rand", "randperm", "generator_device", "seed_global",
+           "seeded_global_rng"]
 
 # One generator, or one per batch element (diffusers' pipelines accept both).
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -39,15 +40,21 @@ def _check_generator(generator: Generators, shape: tuple[int, ...]) -> None:
         raise ValueError(f"a list of generators needs one per batch element: got {len(generator)} for shape {shape}")
 
 
+def _devices(generator: torch.Generator | None, device) -> tuple[torch.device, torch.device]:
+    """(where to draw, where the result goes): the generator's device, else the target; the target defaults to CPU."""
+    target = torch.device("cpu") if device is None else torch.device(device)
+    return (generator.device if generator is not None else target), target
+
+
 def _draw(fn, shape: tuple[int, ...], generator: Generators, device, **kwargs) -> torch.Tensor:
     """Call ``fn(shape, generator=, device=)`` on the generator's device and move the result to ``device``."""
     shape = tuple(int(n) for n in shape)
     _check_generator(generator, shape)
-    target = torch.device("cpu") if device is None else torch.device(device)
     if isinstance(generator, Sequence):  # one generator per batch element
+        target = _devices(None, device)[1]
         parts = [fn((1, *shape[1:]), generator=g, device=g.device, **kwargs).to(target) for g in generator]
         return torch.cat(parts)
-    draw_on = generator.device if generator is not None else target
+    draw_on, target = _devices(generator, device)
     return fn(shape, generator=generator, device=draw_on, **kwargs).to(target)
 
 
@@ -100,9 +107,15 @@ def randperm(n: int, *, generator: torch.Generator | None = None,
     """A random permutation of 0..n−1 (int64), drawn by the same rule as :func:`randn_tensor`."""
     if isinstance(generator, Sequence):
         raise TypeError("randperm takes one generator, not a list")
-    target = torch.device("cpu") if device is None else torch.device(device)
-    draw_on = generator.device if generator is not None else target
+    draw_on, target = _devices(generator, device)
     return torch.randperm(int(n), generator=generator, device=draw_on).to(target)
+
+
+def seed_global(seed: int, *, device: torch.device | str | None = None) -> None:
+    """Seed PyTorch's global random state on the CPU, and on ``device`` too when it is a CUDA device."""
+    torch.random.default_generator.manual_seed(int(seed))
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.manual_seed(int(seed))
 
 
 @contextlib.contextmanager
@@ -115,7 +128,5 @@ def seeded_global_rng(seed: int, *, device: torch.device | str | None = None) ->
     device = torch.device("cpu") if device is None else torch.device(device)
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(int(seed))
-        if cuda:
-            torch.cuda.manual_seed(int(seed))
+        seed_global(seed, device=device)
         yield

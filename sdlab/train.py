@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sdlab.checkpoints import load_checkpoint, save_checkpoint
-from sdlab.random import randint, randn_tensor, seeded_global_rng
+from sdlab.random import randint, randn_tensor, seed_global, seeded_global_rng
 from sdlab.schedules import NoiseSchedule
 from sdlab.unet import predict_noise
 from sdlab.validation import int_in_range, number_in_range, one_of, positive_int, positive_number
@@ -191,10 +191,7 @@ def _step(run: _Run, forward: nn.Module, loss_fn: LossFn, data_fn: DataFn, step:
         group["lr"] = _learning_rate(run.config, step)
     device = run.generator.device
     # Layers that draw from the global RNG (dropout) get a seed of their own each step: repeatable, resumable.
-    step_seed = (run.config.seed * 1_000_003 + step) % 2**63
-    torch.random.default_generator.manual_seed(step_seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(step_seed)
+    seed_global((run.config.seed * 1_000_003 + step) % 2**63, device=device)
     batch = data_fn(run.config.batch_size, run.generator)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = loss_fn(forward, batch, run.generator)
