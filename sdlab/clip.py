@@ -227,9 +227,9 @@ ATTRIBUTES = ("animal", "colour", "background", "size", "position")
 
 
 def _tokenize(prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from sdlab.tokenizer import load_tokenizer
+    from sdlab.tokenizer import tokenize
 
-    tokens = load_tokenizer()(prompts, padding="longest", truncation=True, return_tensors="pt")
+    tokens = tokenize(prompts, padding="longest")  # warns, as everywhere, if a prompt is cut
     return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
 
 

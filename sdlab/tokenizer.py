@@ -44,9 +44,9 @@ import tempfile
 import unicodedata
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from sdlab.validation import int_in_range
+from sdlab.validation import int_in_range, one_of
 
 if TYPE_CHECKING:  # transformers is imported on first use: `import sdlab` stays quick
     import torch
@@ -249,7 +249,8 @@ def _prompt_list(prompts: Any) -> list[str]:
 
 
 def tokenize(prompts: str | list[str] | tuple[str, ...], *, tokenizer: PreTrainedTokenizerBase | None = None,
-             max_length: int = CONTEXT_LENGTH) -> dict[str, torch.Tensor]:
+             max_length: int = CONTEXT_LENGTH, padding: Literal["max_length", "longest"] = "max_length"
+             ) -> dict[str, torch.Tensor]:
     """Turn prompts into CLIP's input ids, padded with ``<|endoftext|>`` and cut to ``max_length`` ids.
 
     A prompt with more than ``max_length`` ids (BOS and EOS included) keeps its first ``max_length - 1`` ids
@@ -259,6 +260,8 @@ def tokenize(prompts: str | list[str] | tuple[str, ...], *, tokenizer: PreTraine
         prompts: one prompt, or a list or tuple of prompts.
         tokenizer: a transformers tokenizer; None for ``load_tokenizer()``.
         max_length: ids per prompt, 2 to 77 (CLIP's text encoder has 77 positions).
+        padding: ``"max_length"`` pads every prompt to ``max_length`` (what Stable Diffusion feeds its U-Net);
+            ``"longest"`` only to the longest prompt of the batch (faster for training a text encoder).
 
     Returns:
         ``{"input_ids": (B, max_length) int64, "attention_mask": (B, max_length) int64}``, mask 1 on the real
@@ -267,8 +270,9 @@ def tokenize(prompts: str | list[str] | tuple[str, ...], *, tokenizer: PreTraine
     texts = _prompt_list(prompts)
     tok = _checked_tokenizer(tokenizer)
     max_length = int_in_range(max_length, "max_length", 2, CONTEXT_LENGTH)
+    padding = one_of(padding, "padding", ("max_length", "longest"))
     _warn_if_truncated(tok, texts, tok(texts, verbose=False)["input_ids"], max_length)
-    batch = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    batch = tok(texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt")
     return {"input_ids": batch["input_ids"].long(), "attention_mask": batch["attention_mask"].long()}
 
 

@@ -289,3 +289,15 @@ def test_loads_offline_without_importing_clip(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"ids": CAT_IDS, "clip": False, "torchvision": False}
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.json"))
+
+
+def test_tokenize_can_pad_to_the_longest_prompt_and_still_warns_when_cutting():
+    from sdlab.tokenizer import tokenize
+
+    longest = tokenize(["a cat", "a small red cat on the left"], padding="longest")
+    full = tokenize(["a cat", "a small red cat on the left"])
+    assert longest["input_ids"].shape == (2, 9) and torch.equal(longest["input_ids"], full["input_ids"][:, :9])
+    with pytest.warns(UserWarning, match="truncated"):
+        assert tokenize(["cat " * 90], padding="longest")["input_ids"].shape == (1, 77)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        tokenize("a cat", padding="shortest")
