@@ -31,24 +31,26 @@ import torch
 from sdlab.random import generator_device, randint
 from sdlab.silhouettes import (
     ANIMALS,
-    PER_CLASS,
+    SHAPES,
     TEST_PER_CLASS,
     TRAIN_PER_CLASS,
     Animal,
     Resolution,
+    Shapes,
     Split,
     _check_names,
     _split_range,
     _sprite_bank,
     load_silhouettes,
     make_silhouette_batch,
+    silhouette_indices,
 )
 from sdlab.validation import int_in_range, one_of
 
 __all__ = [
     "ANIMALS", "COLOURS", "COLOUR_RGB", "SIZES", "SIZE_FRACTIONS", "POSITIONS", "HELD_OUT",
-    "TRAIN_PER_CLASS", "TEST_PER_CLASS", "SceneSpec", "SceneBatch", "load_silhouettes",
-    "make_scenes", "render_scenes", "make_silhouette_batch",
+    "TRAIN_PER_CLASS", "TEST_PER_CLASS", "SHAPES", "SCENES", "SceneSpec", "SceneBatch", "load_silhouettes",
+    "make_scenes", "render_scenes", "make_silhouette_batch", "silhouette_indices",
 ]
 
 Colour = Literal["red", "orange", "yellow", "green", "blue", "purple", "white", "black"]
@@ -70,6 +72,8 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
     ("bear", "green"), ("bird", "white"), ("cat", "blue"), ("cow", "orange"), ("dog", "yellow"),
     ("elephant", "red"), ("giraffe", "purple"), ("horse", "black"), ("sheep", "blue"), ("zebra", "orange"),
 )
+# The scenes of chapters 4-7: 64 × 64, inner detail kept, clear silhouettes (a judge can name them).
+SCENES = MappingProxyType({"resolution": 64, "shading": "detail", "shapes": "clear"})
 _WHERE = {"left": "on the left", "centre": "in the centre", "right": "on the right"}
 _DETAIL_STRENGTH = 0.7  # how far the darkest detail moves the animal's colour (shading="detail")
 
@@ -164,7 +168,8 @@ class SceneBatch:
 def make_scenes(
     n: int, *, resolution: Resolution = 32, classes: Sequence[str] | str | None = None,
     colours: Sequence[str] | str | None = None, split: Split = "train", held_out: HeldOut = "exclude",
-    shading: Shading = "flat", generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    shading: Shading = "flat", shapes: Shapes = "all", generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> SceneBatch:
     """Draw ``n`` random captioned scenes.
 
@@ -179,6 +184,8 @@ def make_scenes(
         held_out: ``"exclude"`` never draws ``HELD_OUT`` pairs, ``"only"`` draws only them, ``"include"`` both.
         shading: ``"flat"`` paints the animal in one colour (its shape alone); ``"detail"`` keeps the
             silhouette's inner detail (a zebra's stripes) as darker tones of that colour.
+        shapes: ``"all"`` silhouettes of the split, or only the ``"clear"`` ones (chapters 4–7), whose
+            animal can be told apart reliably (see ``silhouette_indices``).
         generator: makes the batch reproducible (same seed, same images and captions; the
             captions and labels do not depend on ``resolution``).
         device: where the images are rendered (default CPU); random numbers come from the generator's device.
@@ -212,17 +219,19 @@ def make_scenes(
     background = allowed[j + (j >= slot[colour]).long()]
     labels = dict(animal=animal, colour=colour, background=background, size=draw(len(SIZES), n),
                   position=draw(len(POSITIONS), n))
-    return _render(labels, resolution=resolution, split=split, shading=shading, generator=generator, device=device)
+    return _render(labels, resolution=resolution, split=split, shading=shading, shapes=shapes, generator=generator,
+                   device=device)
 
 
 def render_scenes(
     specs: Sequence[SceneSpec], *, resolution: Resolution = 32, split: Split = "train", shading: Shading = "flat",
-    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    shapes: Shapes = "all", generator: torch.Generator | None = None, device: torch.device | str | None = None,
 ) -> SceneBatch:
     """Render given scenes (any combination, held-out ones included); silhouette and jitter are random.
 
     Args:
-        specs: B ``SceneSpec`` objects (or one). resolution, split, generator, device: as in ``make_scenes``.
+        specs: B ``SceneSpec`` objects (or one). resolution, split, shading, shapes, generator, device:
+            as in ``make_scenes``.
 
     Returns:
         ``SceneBatch`` whose captions and labels are exactly those of ``specs``.
@@ -235,19 +244,20 @@ def render_scenes(
     g_device = generator_device(generator)
     names = dict(animal=ANIMALS, colour=COLOURS, background=COLOURS, size=SIZES, position=POSITIONS)
     labels = {k: torch.tensor([v.index(getattr(s, k)) for s in specs], device=g_device) for k, v in names.items()}
-    return _render(labels, resolution=resolution, split=split, shading=shading, generator=generator, device=device)
+    return _render(labels, resolution=resolution, split=split, shading=shading, shapes=shapes, generator=generator,
+                   device=device)
 
 
-def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str, shading: str,
+def _render(labels: dict[str, torch.Tensor], *, resolution: int, split: str, shading: str, shapes: str,
             generator: torch.Generator | None, device) -> SceneBatch:
     """Paint each scene: alpha-blend the animal colour over the background through the silhouette mask."""
     shading = one_of(shading, "shading", Shading)
     device = torch.device("cpu") if device is None else torch.device(device)
     g_device = labels["animal"].device
     n, R = len(labels["animal"]), resolution
-    offset, count = _split_range(split)
-    silhouette = (labels["animal"] * PER_CLASS + offset + randint(0, count, (n,), generator=generator,
-                                                                  device=g_device)).cpu()
+    table = silhouette_indices(split, shapes)  # (animals, K): the silhouettes this split may paint
+    pick = randint(0, table.shape[1], (n,), generator=generator, device=g_device)
+    silhouette = table[labels["animal"].cpu(), pick.cpu()]
     J = R // 16
     jx, jy = (randint(0, J + 1, (n,), generator=generator, device=g_device) for _ in range(2))
     lab = {k: v.to(device) for k, v in labels.items()}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import json
 import math
 import pickle
 from collections.abc import Sequence
@@ -32,11 +33,13 @@ import torch.nn.functional as F
 from sdlab.random import randint
 from sdlab.validation import int_in_range, one_of
 
-__all__ = ["ANIMALS", "PER_CLASS", "TRAIN_PER_CLASS", "TEST_PER_CLASS", "load_silhouettes", "make_silhouette_batch"]
+__all__ = ["ANIMALS", "PER_CLASS", "TRAIN_PER_CLASS", "TEST_PER_CLASS", "SHAPES", "load_silhouettes",
+           "make_silhouette_batch", "silhouette_indices"]
 
 Animal = Literal["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 Split = Literal["train", "test"]
 Resolution = Literal[32, 64]
+Shapes = Literal["all", "clear"]
 
 ANIMALS: tuple[str, ...] = get_args(Animal)  # label i of animal-mnist is ANIMALS[i]
 PER_CLASS, TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 900, 100
@@ -44,6 +47,10 @@ _PACKAGE = "animal_mnist"
 _FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
 _PIP_HINT = "pip install --no-deps animal-mnist==0.4"
 _MASK_THRESHOLD = 40  # grey value (of 255) above which a pixel is part of the animal
+SHAPES: tuple[str, ...] = get_args(Shapes)
+# The "clear" silhouettes (chosen by scripts/curate_silhouettes.py): per animal the 200 "train"
+# and 20 "test" ones that a classifier which never saw them names most surely.
+CLEAR_FILE = Path(__file__).parent / "data_files" / "clear_silhouettes.json"
 
 # ----------------------------------------------------------------------------- loading
 
@@ -115,6 +122,24 @@ def load_silhouettes(*, classes: Sequence[str] | str | None = None, split: Split
     images, labels = _raw()
     index = torch.cat([torch.arange(count) + ANIMALS.index(a) * PER_CLASS + offset for a in animals])
     return images[index], labels[index]
+
+
+@functools.lru_cache(maxsize=4)
+def silhouette_indices(split: Split = "train", shapes: Shapes = "all") -> torch.Tensor:
+    """Which of animal-mnist's 10 000 silhouettes a split paints: (10, K) int64, row i for ``ANIMALS[i]``.
+
+    ``shapes="all"`` gives every silhouette of the split (K = 900 or 100); ``"clear"`` the curated
+    subset of the second half (K = 200 or 20), whose animal a classifier names ≥ 99 % correctly.
+    """
+    offset, count = _split_range(split)
+    one_of(shapes, "shapes", Shapes)
+    if shapes == "all":
+        return torch.arange(len(ANIMALS))[:, None] * PER_CLASS + offset + torch.arange(count)
+    chosen = torch.tensor(json.loads(CLEAR_FILE.read_text())[split])
+    rows = chosen.view(len(ANIMALS), -1)
+    if not torch.equal(rows // PER_CLASS, torch.arange(len(ANIMALS))[:, None].expand_as(rows)):
+        raise RuntimeError(f"{CLEAR_FILE} is damaged: each animal must have the same number of silhouettes")
+    return rows
 
 
 # ----------------------------------------------------------------------------- pre-rendered banks

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import sdlab as sd
 import sdlab.data as data
 import sdlab.silhouettes as silhouettes
 from sdlab.data import (
@@ -271,3 +272,32 @@ def test_detail_shading_keeps_the_inner_detail_of_the_silhouette():
     assert body.std() > 0.1  # stripes: the body is not one flat colour
     with pytest.raises(ValueError, match="shading must be one of \\('flat', 'detail'\\); got 'grey'"):
         make_scenes(2, shading="grey")
+
+
+def test_clear_shapes_are_a_subset_of_each_split_and_scenes_paint_only_them():
+    for split, k in (("train", 200), ("test", 20)):
+        clear, every = sd.data.silhouette_indices(split, "clear"), sd.data.silhouette_indices(split, "all")
+        assert clear.shape == (len(sd.data.ANIMALS), k)
+        assert all(set(c.tolist()) <= set(e.tolist()) for c, e in zip(clear, every))
+    # Fingerprint of a painted silhouette: the sum of its alpha (placement does not change it).
+    bank = sd.silhouettes._sprite_bank(round(64 * 11 / 16)).flatten(1).sum(1)
+
+    def fingerprints(shapes):
+        scenes = make_scenes(200, resolution=64, shapes=shapes, split="test",
+                             generator=torch.Generator().manual_seed(0))
+        large = scenes.size == sd.data.SIZES.index("large")
+        sums = (scenes.masks[large] * 255).round().flatten(1).sum(1)
+        return sums, scenes.animal[large]
+
+    clear = sd.data.silhouette_indices("test", "clear")
+    sums, animals = fingerprints("clear")
+    assert all((bank[clear[a]] == s).any() for s, a in zip(sums.tolist(), animals.tolist()))
+    sums, animals = fingerprints("all")
+    assert not all((bank[clear[a]] == s).any() for s, a in zip(sums.tolist(), animals.tolist()))
+    with pytest.raises(ValueError, match="shapes"):
+        make_scenes(2, shapes="pretty")
+
+
+def test_the_second_half_scenes_are_64_pixels_with_detail_and_clear_shapes():
+    assert dict(sd.data.SCENES) == {"resolution": 64, "shading": "detail", "shapes": "clear"}
+    assert sd.clip.SCENES is sd.data.SCENES
