@@ -3,6 +3,9 @@
     .venv/bin/python scripts/train_weights.py scenes32   # chapter 2: colour scenes, 32x32
     .venv/bin/python scripts/train_weights.py catdog32   # chapter 3: cat and dog silhouettes only
     .venv/bin/python scripts/train_weights.py catdog_classifier   # chapter 3's judge (about a minute)
+    .venv/bin/python scripts/train_weights.py miniclip   # chapter 4: mini-CLIP (about 17 min, 1 thread)
+    .venv/bin/python scripts/train_weights.py judge      # chapters 5-7: the attribute judge (about 5 min)
+    .venv/bin/python scripts/train_weights.py vae_f4     # chapter 5: the autoencoders (after the judge)
 
 Every recipe lives in the registry of shipped weights, sdlab/pretrained.py.
 
@@ -17,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import time
 from pathlib import Path
 
 import torch
 
 import sdlab as sd
-from sdlab.pretrained import REGISTRY, CLIPRecipe, DiffusionRecipe, save_pretrained
+from sdlab.pretrained import RECORD_FILE, REGISTRY, CLIPRecipe, DiffusionRecipe, JudgeRecipe, VAERecipe, save_pretrained
 
 
 def _machine(device: torch.device) -> str:
@@ -74,6 +78,52 @@ def train_judge(name: str, recipe: sd.pretrained.ClassifierRecipe, args: argpars
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) in {seconds:.0f} s: {info}")
 
 
+def train_attribute_judge(name: str, recipe: JudgeRecipe, args: argparse.Namespace) -> None:
+    steps, batch_size = args.steps or recipe.steps, args.batch_size or recipe.batch_size
+    start = time.perf_counter()
+    judge, losses = sd.judge.train_judge(steps=steps, batch_size=batch_size, lr=recipe.lr, width=recipe.width,
+                                         generator=torch.Generator().manual_seed(recipe.seed))
+    seconds = time.perf_counter() - start
+    test = sd.data.make_scenes(2000, held_out="include", split="test", **sd.data.SCENES,
+                               generator=torch.Generator().manual_seed(12345))
+    accuracy = {k: round(v, 4) for k, v in sd.judge.judge_accuracy(judge, test).items()}
+    info = {"steps": steps, "batch_size": batch_size, "seed": recipe.seed, "seconds": round(seconds, 1),
+            "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4), "test_accuracy": accuracy,
+            "test_scenes": 2000, "scenes": dict(sd.data.SCENES), "trained_on": _machine(torch.device("cpu")),
+            "date": time.strftime("%Y-%m-%d")}
+    path = save_pretrained(args.out or REGISTRY[name].path, judge, info=info, dtype=torch.float32)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) in {seconds:.0f} s: held-out accuracy {accuracy}")
+
+
+def train_vae(name: str, recipe: VAERecipe, args: argparse.Namespace) -> None:
+    device = sd.pick_device()
+    config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
+        vae = sd.vae.make_vae(recipe.factor).to(device)
+    print(f"{name}: {sd.unet.count_parameters(vae):,} parameters\n{config}")
+    data = functools.partial(sd.vae.vae_batch, crop=recipe.crop)
+    loss = functools.partial(sd.vae.vae_loss, kl_weight=recipe.kl_weight)
+    result = sd.train.fit(vae, loss, data, config=config, checkpoint=Path(f"build/{name}-run.safetensors"),
+                          resume=True, desc=name)
+    vae = result.model
+    scale = sd.vae.scaling_factor_from_data(vae, sd.data.make_scenes(512, **sd.data.SCENES, device=device,
+                                            generator=torch.Generator(device).manual_seed(1)).images,
+                                            generator=torch.Generator(device).manual_seed(2))
+    sd.vae.set_scaling_factor(vae, scale)
+    judge = sd.pretrained.load_pretrained("judge", device=device)[0] if REGISTRY["judge"].path.is_file() else None
+    quality = sd.vae.evaluate_vae(vae, judge=judge)
+    final = sum(result.losses[-50:]) / len(result.losses[-50:])
+    info = {"steps": config.steps, "batch_size": config.batch_size, "crop": recipe.crop, "kl_weight": recipe.kl_weight,
+            "scaling_factor": round(scale, 5), "scenes": dict(sd.data.SCENES), **quality,
+            "final_loss": round(final, 5), "losses": [round(x, 5) for x in result.losses[::10]],
+            "trained_on": _machine(device), "seconds": round(result.seconds, 1) if result.seconds > 1 else None,
+            "images_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
+    out = Path(args.out or REGISTRY[name].path)
+    vae.save_pretrained(out, safe_serialization=True)
+    (out / RECORD_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    print(f"wrote {out}: scaling factor {scale:.4f}, {quality}, {result.seconds:.0f} s")
+
+
 def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
     device = sd.pick_device()
     config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
@@ -84,7 +134,7 @@ def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
     result = sd.train.fit(model, sd.clip.clip_loss, data, config=config,
                           checkpoint=Path(f"build/{name}-run.safetensors"), resume=True, desc=name)
     final = sum(result.losses[-50:]) / len(result.losses[-50:])
-    info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": sd.clip.SCENES,
+    info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": dict(sd.clip.SCENES),
             "hard_fraction": recipe.hard_fraction,
             "final_loss": round(final, 4), "losses": [round(x, 4) for x in result.losses],
             "trained_on": _machine(device), "seconds": round(result.seconds, 1) if result.seconds > 1 else None,
@@ -109,6 +159,10 @@ def main() -> None:
         train_unet(args.name, recipe, args)
     elif isinstance(recipe, CLIPRecipe):
         train_clip(args.name, recipe, args)
+    elif isinstance(recipe, JudgeRecipe):
+        train_attribute_judge(args.name, recipe, args)
+    elif isinstance(recipe, VAERecipe):
+        train_vae(args.name, recipe, args)
     else:
         train_judge(args.name, recipe, args)
 

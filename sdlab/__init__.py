@@ -3,7 +3,8 @@
 Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
 ``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
 ``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.pretrained``,
-``sd.random``, ``sd.samplers``, ``sd.evaluate``, ``sd.tokenizer``, ``sd.captions``, ``sd.clip``, ``sd.hub``.
+``sd.random``, ``sd.samplers``, ``sd.evaluate``, ``sd.tokenizer``, ``sd.captions``, ``sd.clip``, ``sd.hub``,
+``sd.judge``, ``sd.vae``.
 The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
@@ -17,6 +18,7 @@ from sdlab import (
     evaluate,
     hub,
     images,
+    judge,
     plotting,
     pretrained,
     random,
@@ -26,6 +28,7 @@ from sdlab import (
     tokenizer,
     train,
     unet,
+    vae,
     widgets,
 )
 from sdlab.config import QUICK_ENV, is_quick, quick_or_full
@@ -44,6 +47,7 @@ __all__ = [
     "evaluate",
     "hub",
     "images",
+    "judge",
     "plotting",
     "pretrained",
     "random",
@@ -53,6 +57,7 @@ __all__ = [
     "tokenizer",
     "train",
     "unet",
+    "vae",
     "widgets",
     "QUICK_ENV",
     "is_quick",

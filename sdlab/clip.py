@@ -24,6 +24,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from sdlab.data import SCENES as _SCENES
 from sdlab.validation import number_in_range, positive_int
 
 __all__ = ["MiniCLIPConfig", "ImageTower", "MiniCLIP", "contrastive_loss", "similarity_matrix", "ATTRIBUTES",
@@ -323,7 +325,7 @@ def probe_accuracy(model: MiniCLIP, train, test, *, steps: int = 300, generator:
 
 # ----------------------------------------------------------------------------- training
 
-SCENES = {"resolution": 64, "shading": "detail"}  # the scenes of chapters 4-7
+SCENES = _SCENES  # the scenes of chapters 4-7: sd.data.SCENES
 
 
 def _animal_groups(n: int, group: int, generator: torch.Generator, **render):
@@ -340,13 +342,14 @@ def _animal_groups(n: int, group: int, generator: torch.Generator, **render):
     return render_scenes(specs[:n], generator=generator, **render)
 
 
-def clip_batch(batch_size: int, generator: torch.Generator, *, resolution: int = 64, shading: str = "detail",
-               hard_fraction: float = 0.5, group: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def clip_batch(batch_size: int, generator: torch.Generator, *, hard_fraction: float = 0.5, group: int = 8,
+               **scenes: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training batch: scenes, varied captions of them, and the captions' token ids and mask.
 
     A ``hard_fraction`` of the batch comes in groups of ``group`` scenes that share colour, background,
     size and position and differ only in the animal. In a batch of random scenes, colour and place
     alone tell most pairs apart; these groups make the loss depend on recognising the animal.
+    ``scenes`` override the keywords of ``sd.data.SCENES`` (resolution, shading, shapes).
 
     Returns:
         images (B, 3, R, R) in [−1, 1], input_ids (B, L) and attention_mask (B, L), L the longest caption,
@@ -357,7 +360,7 @@ def clip_batch(batch_size: int, generator: torch.Generator, *, resolution: int =
 
     device = generator.device
     n_hard = int(round(number_in_range(hard_fraction, "hard_fraction", 0, 1) * batch_size))
-    render = dict(resolution=resolution, shading=shading, device=device)
+    render = {**SCENES, **scenes, "device": device}
     parts = [make_scenes(batch_size - n_hard, generator=generator, **render)] if n_hard < batch_size else []
     if n_hard:
         parts.append(_animal_groups(n_hard, positive_int(group, "group"), generator, **render))

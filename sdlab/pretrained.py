@@ -29,7 +29,8 @@ from sdlab.checkpoints import _TRAINING_PREFIXES, WEIGHTS_DIR, CheckpointError, 
 from sdlab.data import make_scenes, make_silhouette_batch
 from sdlab.unet import UNetConfig
 
-__all__ = ["DiffusionRecipe", "ClassifierRecipe", "CLIPRecipe", "Shipped", "REGISTRY", "names", "load_pretrained",
+__all__ = ["DiffusionRecipe", "ClassifierRecipe", "JudgeRecipe", "CLIPRecipe", "VAERecipe",
+           "Shipped", "REGISTRY", "names", "load_pretrained",
            "save_pretrained", "RECORD_FILE"]
 
 # "sdlab": one .safetensors file; "folder": the class's own save_pretrained folder (diffusers,
@@ -37,7 +38,8 @@ __all__ = ["DiffusionRecipe", "ClassifierRecipe", "CLIPRecipe", "Shipped", "REGI
 Format = Literal["sdlab", "folder"]
 RECORD_FILE = "sdlab_record.json"  # the training record inside a save_pretrained folder
 # The sdlab classes a single-file entry can hold, by the name stored in the file.
-_SDLAB_CLASSES = {"UNet": "sdlab.unet.UNet", "CatDogClassifier": "sdlab.evaluate.CatDogClassifier"}
+_SDLAB_CLASSES = {"UNet": "sdlab.unet.UNet", "CatDogClassifier": "sdlab.evaluate.CatDogClassifier",
+                  "AttributeJudge": "sdlab.judge.AttributeJudge"}
 
 
 def _train_config(recipe: Any, overrides: dict, **fixed: Any):
@@ -80,6 +82,36 @@ class ClassifierRecipe:
     lr: float = 3e-3
     resolution: int = 32
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class JudgeRecipe:
+    """How the attribute judge of chapters 5–7 is trained: the arguments of `sdlab.judge.train_judge`."""
+
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 3e-3
+    width: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class VAERecipe:
+    """How a shipped autoencoder is trained: `sdlab.vae.make_vae` arguments, its data and `fit` settings."""
+
+    factor: int
+    steps: int = 3000
+    batch_size: int = 64
+    crop: int = 32  # training squares cut from 64×64 scenes (sdlab.vae.vae_batch)
+    kl_weight: float = 1e-6
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def train_config(self, **overrides: Any):
+        """The `sdlab.train.TrainConfig` of this recipe (no EMA: the final weights ship)."""
+        return _train_config(self, overrides, ema_decay=0.0, checkpoint_every=250)
 
 
 @dataclass(frozen=True)
@@ -135,6 +167,12 @@ REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
             "sdlab.evaluate.CatDogClassifier", ClassifierRecipe()),
     Shipped("miniclip", 4, "mini-CLIP: a CLIPTextModel text tower and a CNN image tower, on 64×64 scenes",
             "sdlab.clip.MiniCLIP", CLIPRecipe(), format="folder"),
+    Shipped("judge", 5, "attribute judge: names animal, colour, background, size and position of 64×64 scenes",
+            "sdlab.judge.AttributeJudge", JudgeRecipe()),
+    Shipped("vae_f4", 5, "autoencoder, factor 4: 64×64×3 scenes ↔ 16×16×4 latents", "diffusers.AutoencoderKL",
+            VAERecipe(factor=4), format="folder"),
+    Shipped("vae_f8", 5, "autoencoder, factor 8: 64×64×3 scenes ↔ 8×8×4 latents", "diffusers.AutoencoderKL",
+            VAERecipe(factor=8), format="folder"),
 ]}
 
 

@@ -11,8 +11,8 @@ import torch
 import sdlab as sd
 from sdlab.random import generator_device, rand, randint, randn_tensor, randperm, seeded_global_rng
 
-MODULES = ["checkpoints", "checks", "data", "evaluate", "images", "plotting", "random", "samplers", "schedules",
-           "silhouettes", "train", "unet", "widgets"]
+# Every module of the package (sd.__all__ names them), so a new module's functions are found too.
+MODULES = sorted(name for name in sd.__all__ if inspect.ismodule(getattr(sd, name)))
 
 
 def g(seed=0):
@@ -82,6 +82,26 @@ def _blobs(n, generator):
     return randn_tensor((n, 1, 8, 8), generator=generator, device=generator.device).clamp(-1, 1)
 
 
+def _tiny_clip():
+    with seeded_global_rng(0):
+        return sd.clip.MiniCLIP(sd.clip.MiniCLIPConfig(embed_dim=16, text_width=32, text_layers=1, text_heads=2,
+                                                       image_channels=8, image_size=64))
+
+
+def _tiny_vae():
+    with seeded_global_rng(0):
+        return sd.vae.make_vae(4, block_out_channels=(8, 8, 8))
+
+
+def _tiny_judge():
+    with seeded_global_rng(0):
+        return sd.judge.AttributeJudge(width=8).eval()
+
+
+def _scenes64():
+    return sd.data.make_scenes(4, **sd.data.SCENES, generator=g(3))
+
+
 def _ddpm_step():
     sampler = sd.samplers.DDPMSampler(sd.NoiseSchedule("cosine"))
     sampler.set_timesteps(10)
@@ -123,6 +143,20 @@ CALLS = {
                                                                   bins=2, batch_size=4, generator=g()),
     "evaluate.train_classifier": lambda: sd.evaluate.train_classifier(steps=2, batch_size=4, generator=g(),
                                                                       progress=False),
+    "captions.paraphrase": lambda: sd.captions.paraphrase(_scenes64().labels, generator=g()),
+    "clip.clip_batch": lambda: sd.clip.clip_batch(8, g())[1],
+    "clip.clip_loss": lambda: sd.clip.clip_loss(_tiny_clip(), sd.clip.clip_batch(8, g(1)), generator=g()),
+    "clip.probe_accuracy": lambda: sd.clip.probe_accuracy(_tiny_clip(), _scenes64(), _scenes64(), steps=2,
+                                                          generator=g()),
+    "judge.judge_batch": lambda: sd.judge.judge_batch(4, g()).images,
+    "judge.judge_loss": lambda: sd.judge.judge_loss(_tiny_judge(), _scenes64(), generator=g()),
+    "judge.train_judge": lambda: sd.judge.train_judge(steps=2, batch_size=4, width=8, generator=g(),
+                                                      progress=False)[1],
+    "vae.encode": lambda: sd.vae.encode(_tiny_vae(), _scenes64().images, generator=g()),
+    "vae.vae_loss": lambda: sd.vae.vae_loss(_tiny_vae(), _scenes64().images, generator=g()),
+    "vae.vae_batch": lambda: sd.vae.vae_batch(4, g()),
+    "vae.scaling_factor_from_data": lambda: torch.tensor(sd.vae.scaling_factor_from_data(
+        _tiny_vae(), _scenes64().images, generator=g())),
 }
 # They take a generator to save or restore its state, not to draw from it.
 STATE_ONLY = {"checkpoints.save_checkpoint", "checkpoints.load_checkpoint"}
