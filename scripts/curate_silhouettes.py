@@ -20,26 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from study_silhouettes import _cnn
+from study_silhouettes import train_cnn
 
-from sdlab.random import rand, randint, seeded_global_rng
 from sdlab.silhouettes import ANIMALS, CLEAR_FILE, PER_CLASS, TRAIN_PER_CLASS, _frame_bank
-
-
-def _train(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> torch.nn.Module:
-    with seeded_global_rng(seed):
-        model = _cnn()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            i = randint(0, len(x), (128,), generator=g)
-            flip = rand((128,), generator=g) < 0.5
-            loss = F.cross_entropy(model(torch.where(flip[:, None, None, None], x[i].flip(-1), x[i])), y[i])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
 
 
 @torch.no_grad()
@@ -61,7 +44,7 @@ def main() -> None:
     within = torch.arange(len(y)) % PER_CLASS
     train, test = (within < TRAIN_PER_CLASS).nonzero()[:, 0], (within >= TRAIN_PER_CLASS).nonzero()[:, 0]
     halves = train[within[train] % 2 == 0], train[within[train] % 2 == 1]
-    models = [_train(x[h], y[h], args.steps, seed=0) for h in halves]
+    models = [train_cnn(x[h], y[h], args.steps, seed=0).eval() for h in halves]
     score = torch.empty(len(y))
     score[halves[1]] = _margin(models[0], x[halves[1]], y[halves[1]])
     score[halves[0]] = _margin(models[1], x[halves[0]], y[halves[0]])

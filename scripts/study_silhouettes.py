@@ -30,12 +30,8 @@ def _cnn() -> nn.Module:
     return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 8 * 8, len(ANIMALS)))
 
 
-def study(kind: str, steps: int, seed: int) -> tuple[float, list[float]]:
-    """Held-out accuracy (all, and per animal) of a CNN trained on ``kind`` silhouettes."""
-    x, y = make_silhouette_batch(9000, resolution=32, split="train", kind=kind,
-                                 generator=torch.Generator().manual_seed(seed))
-    xt, yt = make_silhouette_batch(2000, resolution=32, split="test", kind=kind,
-                                   generator=torch.Generator().manual_seed(seed + 1))
+def train_cnn(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> nn.Module:
+    """The CNN trained on silhouettes ``x`` (N, 1, R, R) labelled ``y``: AdamW, batches of 128, random flips."""
     with seeded_global_rng(seed):
         model = _cnn()
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
@@ -48,6 +44,16 @@ def study(kind: str, steps: int, seed: int) -> tuple[float, list[float]]:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+    return model
+
+
+def study(kind: str, steps: int, seed: int) -> tuple[float, list[float]]:
+    """Held-out accuracy (all, and per animal) of a CNN trained on ``kind`` silhouettes."""
+    x, y = make_silhouette_batch(9000, resolution=32, split="train", kind=kind,
+                                 generator=torch.Generator().manual_seed(seed))
+    xt, yt = make_silhouette_batch(2000, resolution=32, split="test", kind=kind,
+                                   generator=torch.Generator().manual_seed(seed + 1))
+    model = train_cnn(x, y, steps, seed)
     with torch.no_grad():
         right = model.eval()(xt).argmax(1) == yt
     return right.double().mean().item(), [right[yt == a].double().mean().item() for a in range(len(ANIMALS))]
