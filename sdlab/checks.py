@@ -481,3 +481,79 @@ def check_contrastive_loss(fn: Callable[[torch.Tensor], torch.Tensor], *, seed: 
         raise ExerciseError(f"the loss should be one number (a 0-dim tensor); got shape {tuple(got.shape)}")
     _ch4_miss(got.reshape(()), (rows + cols) / 2, slips, "the loss")
     return _passed("contrastive loss")
+
+
+__all__ += ["check_reparameterise", "check_kl_divergence"]
+
+
+def _ch5_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of 3 encoder outputs (3, 4, 2, 2): means, log-variances of both signs, and noise."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
+    logvar = torch.rand(3, 4, 2, 2, generator=g, dtype=torch.float64) * 3 - 2  # in [-2, 1]: σ from 0.37 to 1.65
+    noise = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
+    return mean, logvar, noise
+
+
+def check_reparameterise(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], *,
+                         seed: int = 0) -> bool:
+    """Check ``fn(mean, logvar, noise) -> z``: a draw from N(mean, exp(logvar)) as mean + σ · noise.
+
+    σ = exp(½ · logvar): the encoder predicts the logarithm of the variance, so the standard
+    deviation is the exponential of half of it.
+    """
+    mean, logvar, noise = _ch5_inputs(seed)
+    std = torch.exp(0.5 * logvar)
+    slips = [
+        ("you used exp(logvar), the variance, as the standard deviation: σ = exp(½ · logvar)",
+         mean + torch.exp(logvar) * noise),
+        ("you used logvar itself as the standard deviation: it is a log-variance, σ = exp(½ · logvar)",
+         mean + logvar * noise),
+        ("you multiplied by exp(2 · logvar): the ½ goes the other way, σ = exp(½ · logvar)",
+         mean + torch.exp(2 * logvar) * noise),
+        ("you added exp(½ · logvar) without the noise: z = mean + σ · noise", mean + std),
+        ("the sign is flipped: z = mean + σ · noise (noise is symmetric, but the check fixes it)",
+         mean - std * noise),
+        ("you left out the mean: z = mean + σ · noise", std * noise),
+        ("you added the noise unscaled: multiply it by σ = exp(½ · logvar) first", mean + noise),
+        ("you drew your own noise: use the noise you are given (that is what makes z repeatable)", None),
+    ]
+    got = _call(fn, mean.clone(), logvar.clone(), noise.clone())
+    expected = mean + std * noise
+    if not _same(got, expected, 1e-6) and got.shape == expected.shape:
+        again = _call(fn, mean.clone(), logvar.clone(), noise.clone())
+        if not _same(got, again, 1e-12):
+            raise ExerciseError(slips[-1][0])
+    _ch4_miss(got, expected, slips[:-1], "z")
+    return _passed("reparameterisation trick")
+
+
+def check_kl_divergence(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, seed: int = 0) -> bool:
+    """Check ``fn(mean, logvar) -> kl (B,)``: KL(N(mean, exp(logvar)) ‖ N(0, I)) of each image.
+
+    kl = ½ Σ (mean² + exp(logvar) − 1 − logvar), the sum over all the latent numbers of one image.
+    """
+    mean, logvar, _ = _ch5_inputs(seed)
+    per_number = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)
+    total = lambda x: x.flatten(1).sum(1)  # noqa: E731
+    slips = [
+        ("the ½ is missing: KL = ½ Σ (μ² + σ² − 1 − log σ²)", total(per_number * 2)),
+        ("the sign of the log-variance term is flipped: it is − logvar (− log σ²)",
+         total(0.5 * (mean.pow(2) + logvar.exp() - 1 + logvar))),
+        ("the whole thing has the wrong sign: a KL divergence is never negative", -total(per_number)),
+        ("you treated logvar as the standard deviation: σ² = exp(logvar), log σ² = logvar",
+         total(0.5 * (mean.pow(2) + logvar.pow(2) - 1 - torch.log(logvar.pow(2))))),
+        ("you used exp(logvar) as σ and squared it: σ² is exp(logvar) itself",
+         total(0.5 * (mean.pow(2) + torch.exp(2 * logvar) - 1 - logvar))),
+        ("you left out the − 1: KL = ½ Σ (μ² + σ² − 1 − log σ²)",
+         total(0.5 * (mean.pow(2) + logvar.exp() - logvar))),
+        ("you averaged over the latent numbers: the KL of an image sums over all of them",
+         per_number.flatten(1).mean(1)),
+        ("you returned one number for the batch: return one KL per image, shape (B,)", per_number.sum()),
+        ("you returned one number for the batch: return one KL per image, shape (B,)", total(per_number).mean()),
+        ("you forgot the μ² term: the distance of the mean from 0 costs too",
+         total(0.5 * (logvar.exp() - 1 - logvar))),
+    ]
+    got = _call(fn, mean.clone(), logvar.clone())
+    _ch4_miss(got, total(per_number), slips, "the KL divergence")
+    return _passed("KL divergence")

@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-__all__ = ["HubUnavailable", "hub_reachable", "load_real_clip"]
+__all__ = ["HubUnavailable", "hub_reachable", "load_real_clip", "load_real_vae"]
 
 HUB_HOST = "huggingface.co"
 
@@ -59,3 +59,27 @@ def load_real_clip(name: str = "openai/clip-vit-base-patch32", *, timeout: float
     from transformers import CLIPModel, CLIPTokenizer
 
     return CLIPModel.from_pretrained(name).eval(), CLIPTokenizer.from_pretrained(name)
+
+
+REAL_VAES = {"sd": "stabilityai/sd-vae-ft-mse", "taesd": "madebyollin/taesd"}
+
+
+def load_real_vae(name: str = "sd", *, timeout: float = 3.0) -> Any:
+    """Stable Diffusion's real autoencoder from the hub, in eval mode. Needs a network.
+
+    Args:
+        name: ``"sd"`` (``stabilityai/sd-vae-ft-mse``: Stable Diffusion 1's VAE, its decoder fine-tuned,
+            an ``AutoencoderKL`` of 84 M parameters, factor 8, scaling factor 0.18215), ``"taesd"``
+            (``madebyollin/taesd``: a 2.4 M-parameter ``AutoencoderTiny`` distilled from it), or any hub
+            id of an ``AutoencoderKL`` folder.
+
+    Raises:
+        HubUnavailable: within about ``timeout`` seconds when the hub cannot be reached.
+    """
+    repo = REAL_VAES.get(name, name)
+    _require_hub(f"the VAE {repo!r}", "sd.pretrained.load_pretrained('vae_f4'), chapter 5's autoencoder "
+                 "trained on the course's scenes", timeout)
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    cls = AutoencoderTiny if repo == REAL_VAES["taesd"] else AutoencoderKL
+    return cls.from_pretrained(repo, low_cpu_mem_usage=False).eval()

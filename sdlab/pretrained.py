@@ -119,7 +119,7 @@ class CLIPRecipe:
     """How mini-CLIP is trained: its sizes (`sdlab.clip.MiniCLIPConfig` fields) and `fit` settings."""
 
     config: dict = field(default_factory=dict)  # MiniCLIPConfig(**config); empty: the defaults
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 256
     hard_fraction: float = 0.5  # of each batch in groups that differ only in the animal (sdlab.clip.clip_batch)
     lr: float = 2e-3
@@ -170,9 +170,9 @@ REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
     Shipped("judge", 5, "attribute judge: names animal, colour, background, size and position of 64×64 scenes",
             "sdlab.judge.AttributeJudge", JudgeRecipe()),
     Shipped("vae_f4", 5, "autoencoder, factor 4: 64×64×3 scenes ↔ 16×16×4 latents", "diffusers.AutoencoderKL",
-            VAERecipe(factor=4), format="folder"),
+            VAERecipe(factor=4, steps=4000), format="folder"),
     Shipped("vae_f8", 5, "autoencoder, factor 8: 64×64×3 scenes ↔ 8×8×4 latents", "diffusers.AutoencoderKL",
-            VAERecipe(factor=8), format="folder"),
+            VAERecipe(factor=8, steps=1500), format="folder"),
 ]}
 
 
@@ -265,7 +265,9 @@ def _load_folder(path: Path, entry: Shipped) -> tuple[nn.Module, dict]:
     if not path.is_dir():
         raise CheckpointError(f"no {entry.model_class} folder at {path}; train it with: "
                               f"python scripts/train_weights.py {entry.name}")
-    model = _resolve(entry.model_class).from_pretrained(path, local_files_only=True)
+    # diffusers asks for `accelerate` unless told plainly not to use its low-memory loading
+    options = {"low_cpu_mem_usage": False} if entry.model_class.startswith("diffusers.") else {}
+    model = _resolve(entry.model_class).from_pretrained(path, local_files_only=True, **options)
     record = path / RECORD_FILE
     info = json.loads(record.read_text()) if record.is_file() else {}
     return model, info

@@ -21,14 +21,15 @@ import math
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, AutoencoderTiny
 
 from sdlab.random import randint, randn_tensor
 from sdlab.validation import number_in_range, one_of, positive_number
 
 __all__ = ["FACTORS", "make_vae", "downsampling_factor", "encode", "decode", "encode_distribution",
            "reparameterise", "kl_divergence", "vae_loss", "vae_batch", "scaling_factor_from_data",
-           "set_scaling_factor", "psnr", "latent_shape", "evaluate_vae"]
+           "set_scaling_factor", "psnr", "latent_shape", "evaluate_vae", "interpolate", "prior_samples",
+           "latent_diffusion_cost"]
 
 FACTORS = (4, 8)
 # The course's configurations: narrow full-resolution blocks (they cost the most), wider deeper ones.
@@ -128,8 +129,12 @@ def encode(vae: AutoencoderKL, images: torch.Tensor, *, sample: bool = True,
         images: (B, 3, H, W), H and W multiples of the VAE's factor.
         sample: draw from the encoder's Gaussian (as Stable Diffusion's training does);
             ``False`` takes its mean (deterministic).
+            (TAESD, an ``AutoencoderTiny``, has no Gaussian: its encoding is always deterministic.)
         generator: makes the draw repeatable.
     """
+    if isinstance(vae, AutoencoderTiny):  # TAESD (sd.hub.load_real_vae("taesd")): deterministic, no Gaussian
+        _check_images(vae, images)
+        return vae.encode(images.to(vae.dtype)).latents * vae.config.scaling_factor
     mean, logvar = encode_distribution(vae, images)
     z = reparameterise(mean, logvar, randn_tensor(mean.shape, generator=generator, device=mean.device,
                                                   dtype=mean.dtype)) if sample else mean
@@ -236,3 +241,129 @@ def evaluate_vae(vae: AutoencoderKL, *, judge=None, n: int = 500, seed: int = 7)
 
         out["agreement"] = {k: round(v, 4) for k, v in agreement(judge, scenes.images, recon).items()}
     return out
+
+
+@torch.no_grad()
+def interpolate(vae: AutoencoderKL, a: torch.Tensor, b: torch.Tensor, *, steps: int = 7
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend two images in latent space and in pixel space: ``(through_latents, through_pixels)``.
+
+    Both are (steps, 3, H, W), from ``a`` to ``b``. The first decodes (1 − w) z_a + w z_b (the means
+    of the encoder's Gaussians); the second cross-fades the pixels, (1 − w) a + w b.
+    """
+    steps = int(number_in_range(steps, "steps", 2, 1000, what="an integer"))
+    for name, image in (("a", a), ("b", b)):
+        if not isinstance(image, torch.Tensor) or image.dim() != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"{name} must be one image (3, H, W) in [-1, 1]; got {shape}")
+    ends = torch.stack([a, b]).to(next(vae.parameters()).device)
+    z = encode(vae, ends, sample=False)
+    w = torch.linspace(0, 1, steps, device=z.device)[:, None, None, None]
+    through_latents = decode(vae, (1 - w) * z[0] + w * z[1]).clamp(-1, 1)
+    return through_latents, (1 - w) * ends[0] + w * ends[1]
+
+
+@torch.no_grad()
+def prior_samples(vae: AutoencoderKL, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Decode ``n`` latents drawn from N(0, I), the prior the KL term pulls towards: (n, 3, H, W).
+
+    A VAE trained with a KL weight of 1e-6 is far from a generative model: its latents of real
+    images occupy a small, oddly shaped part of latent space, and random draws land elsewhere.
+    """
+    n = int(number_in_range(n, "n", 1, 10_000, what="an integer"))
+    device = next(vae.parameters()).device
+    shape = (n, *latent_shape(vae, vae.config.sample_size))
+    return decode(vae, randn_tensor(shape, generator=generator, device=device)).clamp(-1, 1)
+
+
+def _activation_bytes(step) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass while ``step()`` runs (each storage once)."""
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        step()
+    return sum(storages.values())
+
+
+def _seconds(work, repeats: int) -> float:
+    """The fastest of ``repeats`` timed runs of ``work()`` (after one untimed warm-up run)."""
+    import time
+
+    work()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def latent_diffusion_cost(vaes: dict[str, AutoencoderKL] | None = None, *, image_size: int = 64,
+                          batch_size: int = 16, sampling_steps: int = 50, repeats: int = 3,
+                          base_channels: int = 32, device: torch.device | str = "cpu") -> list[dict]:
+    """What diffusion costs in pixel space and in each VAE's latent space, with one and the same U-Net.
+
+    For pixels (3 × image_size²) and for the latent shape of each VAE in ``vaes`` (name → model), a
+    course U-Net (`sdlab.unet.UNet`, ``base_channels`` wide, levels (1, 2, 2), attention at the lowest
+    level) is built for that shape and timed on ``batch_size`` inputs: one training step (forward,
+    MSE loss, backward, Adam update), one forward pass without gradients, and the memory autograd
+    keeps for the backward pass. Sampling time is ``sampling_steps`` forward passes plus, in latent
+    space, one decode.
+
+    Returns:
+        One dict per space: "space", "shape", "numbers" (per image), "train_step_s",
+        "activation_mb", "forward_s", "decode_s", "sampling_s", "parameters".
+    """
+    batch_size = int(number_in_range(batch_size, "batch_size", 1, 4096, what="an integer"))
+    sampling_steps = int(number_in_range(sampling_steps, "sampling_steps", 1, 10_000, what="an integer"))
+    repeats = int(number_in_range(repeats, "repeats", 1, 100, what="an integer"))
+    device = torch.device(device)
+    spaces = [("pixels", (3, image_size, image_size), None)]
+    for name, vae in (vaes or {}).items():
+        spaces.append((name, latent_shape(vae, image_size), vae))
+    generator = torch.Generator(device).manual_seed(0)
+    return [_space_cost(name, shape, vae, batch_size=batch_size, sampling_steps=sampling_steps, repeats=repeats,
+                        base_channels=base_channels, generator=generator) for name, shape, vae in spaces]
+
+
+def _space_cost(name: str, shape: tuple[int, int, int], vae: AutoencoderKL | None, *, batch_size: int,
+                sampling_steps: int, repeats: int, base_channels: int, generator: torch.Generator) -> dict:
+    """One row of `latent_diffusion_cost`: a fresh U-Net for ``shape``, timed on ``generator``'s device."""
+    from sdlab.unet import UNet, UNetConfig, count_parameters
+
+    device = generator.device
+    config = UNetConfig(in_channels=shape[0], out_channels=shape[0], sample_size=shape[1],
+                        base_channels=base_channels, channel_mults=(1, 2, 2), attention_levels=(2,))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet(config).to(device)
+    optimiser = torch.optim.Adam(unet.parameters(), lr=1e-4)
+    x = randn_tensor((batch_size, *shape), generator=generator, device=device)
+    t = randint(0, 1000, (batch_size,), generator=generator, device=device)
+
+    def train_step() -> None:
+        optimiser.zero_grad(set_to_none=True)
+        F.mse_loss(unet(x, t), x).backward()
+        optimiser.step()
+
+    @torch.no_grad()
+    def forward() -> None:
+        unet(x, t)
+
+    activation = _activation_bytes(lambda: unet(x, t).sum())
+    row = {"space": name, "shape": shape, "numbers": math.prod(shape), "parameters": count_parameters(unet),
+           "train_step_s": _seconds(train_step, repeats), "activation_mb": activation / 2**20,
+           "forward_s": _seconds(forward, repeats), "decode_s": 0.0}
+    if vae is not None:
+        vae = vae.to(device).eval()
+        with torch.no_grad():
+            row["decode_s"] = _seconds(lambda: decode(vae, x), repeats)
+    row["sampling_s"] = sampling_steps * row["forward_s"] + row["decode_s"]
+    return row

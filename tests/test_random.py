@@ -155,6 +155,7 @@ CALLS = {
     "vae.encode": lambda: sd.vae.encode(_tiny_vae(), _scenes64().images, generator=g()),
     "vae.vae_loss": lambda: sd.vae.vae_loss(_tiny_vae(), _scenes64().images, generator=g()),
     "vae.vae_batch": lambda: sd.vae.vae_batch(4, g()),
+    "vae.prior_samples": lambda: sd.vae.prior_samples(_tiny_vae(), 2, generator=g()),
     "vae.scaling_factor_from_data": lambda: torch.tensor(sd.vae.scaling_factor_from_data(
         _tiny_vae(), _scenes64().images, generator=g())),
 }

@@ -151,3 +151,71 @@ def test_psnr_of_known_errors():
     torch.testing.assert_close(sd.vae.psnr(y, x), torch.tensor([40.0, 20.0]))
     with pytest.raises(ValueError, match="shapes differ"):
         sd.vae.psnr(x, x[:1])
+
+
+def test_interpolation_runs_from_one_scene_to_the_other():
+    vae = tiny()
+    x = scenes(2).images
+    through_latents, through_pixels = sd.vae.interpolate(vae, x[0], x[1], steps=5)
+    assert through_latents.shape == through_pixels.shape == (5, 3, 64, 64)
+    assert torch.allclose(through_pixels[0], x[0]) and torch.allclose(through_pixels[-1], x[1])
+    assert torch.allclose(through_pixels[2], (x[0] + x[1]) / 2)
+    ends = sd.vae.decode(vae, sd.vae.encode(vae, x, sample=False)).clamp(-1, 1)
+    assert torch.allclose(through_latents[[0, -1]], ends, atol=1e-5)
+    with pytest.raises(ValueError, match="one image"):
+        sd.vae.interpolate(vae, x[:1], x[1])
+    with pytest.raises(ValueError, match="steps"):
+        sd.vae.interpolate(vae, x[0], x[1], steps=1)
+
+
+def test_prior_samples_are_repeatable_images():
+    vae = tiny()
+    a = sd.vae.prior_samples(vae, 3, generator=torch.Generator().manual_seed(1))
+    b = sd.vae.prior_samples(vae, 3, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (3, 3, 64, 64) and torch.equal(a, b) and a.abs().max() <= 1
+
+
+def test_latent_diffusion_cost_measures_each_space_with_the_same_network():
+    rows = sd.vae.latent_diffusion_cost({"f4": tiny(4), "f8": tiny(8)}, batch_size=2, sampling_steps=10,
+                                        repeats=1, base_channels=8)
+    assert [r["space"] for r in rows] == ["pixels", "f4", "f8"]
+    assert [r["shape"] for r in rows] == [(3, 64, 64), (4, 16, 16), (4, 8, 8)]
+    assert [r["numbers"] for r in rows] == [12288, 1024, 256]
+    # the same width: only the first and last convolutions differ (3 vs 4 channels)
+    assert abs(rows[0]["parameters"] - rows[1]["parameters"]) < 200 and rows[1]["parameters"] == rows[2]["parameters"]
+    assert rows[0]["decode_s"] == 0 and all(r["decode_s"] > 0 for r in rows[1:])
+    for r in rows:
+        assert r["train_step_s"] > 0 and r["forward_s"] > 0
+        assert r["sampling_s"] == pytest.approx(10 * r["forward_s"] + r["decode_s"])
+    # activations scale with the numbers per image: 12x fewer at f4 should keep far less for backward
+    assert rows[0]["activation_mb"] > 5 * rows[1]["activation_mb"] > 5 * rows[2]["activation_mb"]
+
+
+def test_taesd_shaped_models_encode_and_decode_through_the_same_helpers():
+    from diffusers import AutoencoderTiny
+
+    with seeded_global_rng(0):
+        taesd = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)).eval()
+    x = scenes(2).images
+    with torch.no_grad():
+        z = sd.vae.encode(taesd, x)
+        assert z.shape == (2, 4, 8, 8) and torch.equal(z, sd.vae.encode(taesd, x))
+        assert sd.vae.decode(taesd, z).shape == x.shape
+
+
+def test_real_vae_fails_fast_offline(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(sd.hub.HubUnavailable, match=r"HF_HUB_OFFLINE is set.*vae_f4"):
+        sd.hub.load_real_vae()
+    assert time.perf_counter() - start < 5
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # refused at once
+    start = time.perf_counter()
+    with pytest.raises(sd.hub.HubUnavailable, match="sd-vae-ft-mse.*did not answer"):
+        sd.hub.load_real_vae("sd", timeout=2.0)
+    with pytest.raises(sd.hub.HubUnavailable, match="taesd"):
+        sd.hub.load_real_vae("taesd", timeout=2.0)
+    assert time.perf_counter() - start < 5
