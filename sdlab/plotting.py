@@ -27,6 +27,7 @@ from sdlab.validation import number_in_range, positive_int, positive_number
 __all__ = [
     "BOOK_WIDTH", "CellFigure", "show_images", "plot_schedules", "plot_noising_grid", "imshow",
     "show_captioned_images", "moving_average", "plot_losses", "plot_per_timestep_loss", "plot_noise_guesses",
+    "show_image_rows",
 ]
 
 BOOK_WIDTH = 10.0  # inches: the width a figure is drawn for
@@ -461,4 +462,38 @@ def show_captioned_images(
         ax.set(xticks=[], yticks=[])
         ax.spines[:].set_visible(False)
         ax.set_xlabel(textwrap.fill(label, wrap), fontsize=9)
+    return fig
+
+
+def show_image_rows(rows: dict[str, Any], *, size: float = 1.1, suptitle: str | None = None,
+                    cmap: str = "gray") -> Figure:
+    """Show rows of images, each row named at its left: ``{"original": x, "restored": y}``.
+
+    Args:
+        rows: row name → images, each as in :func:`show_images` (e.g. a (B, 3, H, W) tensor); the
+            rows may differ in length (the grid is as wide as the longest).
+        size: width and height of each image in inches. suptitle: a title over the whole grid.
+        cmap: colour map for one-channel images (an error image, a latent channel).
+
+    Returns:
+        The figure, with one Axes per image.
+    """
+    if not isinstance(rows, dict) or not rows:
+        raise ValueError(f"rows must be a non-empty dict of row name -> images; got {type(rows).__name__}")
+    items = {str(name): _image_list(images) for name, images in rows.items()}
+    size = number_in_range(size, "size", 0, BOOK_WIDTH, low_open=True, what="a number of inches")
+    ncols = max(len(row) for row in items.values())
+    fig, axes = _subplots(len(items), ncols, figsize=(ncols * size + 0.9, len(items) * size + (0.4 if suptitle else 0)))
+    for r, (name, row) in enumerate(items.items()):
+        for c, ax in enumerate(axes[r]):
+            if c >= len(row):
+                ax.set_axis_off()
+                continue
+            imshow(ax, row[c], cmap=cmap, name=f"rows[{name!r}][{c}]")
+        axes[r, 0].set_axis_on()
+        axes[r, 0].set(xticks=[], yticks=[])
+        axes[r, 0].spines[:].set_visible(False)
+        axes[r, 0].set_ylabel(name, fontsize=10, rotation=0, ha="right", va="center")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=12)
     return fig

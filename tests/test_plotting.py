@@ -229,3 +229,17 @@ def test_plotting_options_take_numpy_scalars(x0):
 def test_plotting_refuses_nan_bools_and_floats_for_ints(x0, call, match):
     with pytest.raises(ValueError, match=match):
         call(x0)
+
+
+def test_show_image_rows_names_each_row_and_keeps_every_image(x0):
+    batch = torch.stack([x0, -x0, x0 * 0.5])
+    fig = plotting.show_image_rows({"original": batch, "restored": batch[:2], "error": batch[:, :1]})
+    axes = np.array(fig.axes).reshape(3, 3)
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["original", "restored", "error"]
+    assert len(axes[1, 2].images) == 0 and not axes[1, 2].axison  # the shorter row leaves a blank, not a frame
+    np.testing.assert_allclose(axes[0, 1].images[0].get_array(), to_numpy_image(-x0))
+    assert len(axes[2, 0].images[0].get_array().shape) == 2  # one channel: drawn through the colour map
+    with pytest.raises(ValueError, match="non-empty dict"):
+        plotting.show_image_rows({})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        plotting.show_image_rows([batch])
