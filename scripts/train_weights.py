@@ -27,7 +27,16 @@ from pathlib import Path
 import torch
 
 import sdlab as sd
-from sdlab.pretrained import RECORD_FILE, REGISTRY, CLIPRecipe, DiffusionRecipe, JudgeRecipe, VAERecipe, save_pretrained
+from sdlab.pretrained import (
+    RECORD_FILE,
+    REGISTRY,
+    CLIPRecipe,
+    DiffusionRecipe,
+    JudgeRecipe,
+    VAERecipe,
+    replace_folder,
+    save_pretrained,
+)
 
 
 def _machine(device: torch.device) -> str:
@@ -119,8 +128,12 @@ def train_vae(name: str, recipe: VAERecipe, args: argparse.Namespace) -> None:
             "trained_on": _machine(device), "seconds": round(result.seconds, 1) if result.seconds > 1 else None,
             "images_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
     out = Path(args.out or REGISTRY[name].path)
-    vae.save_pretrained(out, safe_serialization=True)
-    (out / RECORD_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+    def write(folder: Path) -> None:
+        vae.save_pretrained(folder, safe_serialization=True)
+        (folder / RECORD_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+    replace_folder(out, write)
     print(f"wrote {out}: scaling factor {scale:.4f}, {quality}, {result.seconds:.0f} s")
 
 
@@ -140,7 +153,7 @@ def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
             "trained_on": _machine(device), "seconds": round(result.seconds, 1) if result.seconds > 1 else None,
             "pairs_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
     out = args.out or REGISTRY[name].path
-    result.model.save_pretrained(out, info=info)
+    replace_folder(out, lambda folder: result.model.save_pretrained(folder, info=info))
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} pairs/s, {result.seconds:.0f} s")
 
 

@@ -17,6 +17,7 @@ import copy
 import importlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from sdlab.unet import UNetConfig
 
 __all__ = ["DiffusionRecipe", "ClassifierRecipe", "JudgeRecipe", "CLIPRecipe", "VAERecipe",
            "Shipped", "REGISTRY", "names", "load_pretrained",
-           "save_pretrained", "RECORD_FILE"]
+           "save_pretrained", "RECORD_FILE", "replace_folder"]
 
 # "sdlab": one .safetensors file; "folder": the class's own save_pretrained folder (diffusers,
 # transformers, or an sdlab class with from_pretrained, such as mini-CLIP's).
@@ -258,6 +259,24 @@ def _load_file(path: Path, entry: Shipped | None) -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{path} holds a {cls.__name__} config that does not build: {error}") from error
     _load_into(model, tensors, "model", path)
     return model, info
+
+
+def replace_folder(folder: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Write a ``save_pretrained`` folder all at once: ``write(tmp)`` fills a sibling folder, which then replaces it.
+
+    An interrupted run leaves the old folder whole (and a ``.tmp`` sibling to delete), never a mix of both.
+    """
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def _load_folder(path: Path, entry: Shipped) -> tuple[nn.Module, dict]:

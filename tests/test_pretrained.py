@@ -101,3 +101,24 @@ def test_recipes_give_their_training_settings():
         assert config.steps == 7 and config.batch_size == recipe.batch_size and config.lr == recipe.lr
         assert config.seed == recipe.seed and config.warmup_steps == recipe.warmup_steps
     assert REGISTRY["miniclip"].recipe.train_config().ema_decay == 0.0  # its final weights ship
+
+
+def test_replace_folder_swaps_a_whole_folder_and_keeps_the_old_one_when_writing_fails(tmp_path):
+    import pytest
+
+    from sdlab.pretrained import replace_folder
+
+    target = tmp_path / "model"
+    replace_folder(target, lambda folder: (folder / "a.txt").write_text("one"))
+    replace_folder(target, lambda folder: (folder / "b.txt").write_text("two"))
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # nothing of the first left over
+
+    def fails(folder):
+        (folder / "half.txt").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_folder(target, fails)
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # the old folder is whole
+    replace_folder(target, lambda folder: (folder / "c.txt").write_text("three"))  # a stale .tmp is no obstacle
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
