@@ -3,9 +3,10 @@
     .venv/bin/python scripts/train_weights.py scenes32   # chapter 2: colour scenes, 32x32
     .venv/bin/python scripts/train_weights.py catdog32   # chapter 3: cat and dog silhouettes only
     .venv/bin/python scripts/train_weights.py catdog_classifier   # chapter 3's judge (about a minute)
-    .venv/bin/python scripts/train_weights.py miniclip   # chapter 4: mini-CLIP (about 17 min, 1 thread)
-    .venv/bin/python scripts/train_weights.py judge      # chapters 5-7: the attribute judge (about 5 min)
+    .venv/bin/python scripts/train_weights.py miniclip   # chapter 4: mini-CLIP (about 45 min, 1 thread)
+    .venv/bin/python scripts/train_weights.py judge      # chapters 5-7: the attribute judge (about 12 min)
     .venv/bin/python scripts/train_weights.py vae_f4     # chapter 5: the autoencoders (after the judge)
+    .venv/bin/python scripts/train_weights.py vae_f4 --rescore   # only re-score it with the current judge
 
 Every recipe lives in the registry of shipped weights, sdlab/pretrained.py.
 
@@ -13,7 +14,8 @@ Each run prints its settings, time and final loss, and writes the weights (float
 the EMA or the final weights, as the recipe says) with the model config and loss
 history as one safetensors file. A run resumes from build/NAME-run.safetensors
 if that exists (a finished run is then only exported again).
-Options: --steps, --batch-size, --threads, --out.
+Options: --steps, --batch-size, --threads, --out, --rescore (autoencoders: measure the shipped
+model again, with the current judge, and update its record; nothing is trained).
 """
 
 from __future__ import annotations
@@ -157,6 +159,17 @@ def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} pairs/s, {result.seconds:.0f} s")
 
 
+def rescore_vae(name: str) -> None:
+    path = REGISTRY[name].path
+    vae, info = sd.pretrained.load_pretrained(name)
+    judge = sd.pretrained.load_pretrained("judge")[0]
+    info.update(sd.vae.evaluate_vae(vae, judge=judge))
+    tmp = path / (RECORD_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1) + "\n")
+    tmp.replace(path / RECORD_FILE)
+    print(f"re-scored {name}: PSNR {info['psnr_db']} dB, agreement {info['agreement']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(REGISTRY))
@@ -164,11 +177,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--rescore", action="store_true", help="autoencoders: re-measure the shipped model only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = REGISTRY[args.name].recipe
-    if isinstance(recipe, DiffusionRecipe):
+    if args.rescore:
+        if not isinstance(recipe, VAERecipe):
+            parser.error("--rescore is for the autoencoders (vae_f4, vae_f8)")
+        rescore_vae(args.name)
+    elif isinstance(recipe, DiffusionRecipe):
         train_unet(args.name, recipe, args)
     elif isinstance(recipe, CLIPRecipe):
         train_clip(args.name, recipe, args)

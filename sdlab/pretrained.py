@@ -89,7 +89,7 @@ class ClassifierRecipe:
 class JudgeRecipe:
     """How the attribute judge of chapters 5–7 is trained: the arguments of `sdlab.judge.train_judge`."""
 
-    steps: int = 2000
+    steps: int = 4000
     batch_size: int = 128
     lr: float = 3e-3
     width: int = 32

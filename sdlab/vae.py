@@ -29,7 +29,7 @@ from sdlab.validation import number_in_range, one_of, positive_number
 __all__ = ["FACTORS", "make_vae", "downsampling_factor", "encode", "decode", "encode_distribution",
            "reparameterise", "kl_divergence", "vae_loss", "vae_batch", "scaling_factor_from_data",
            "set_scaling_factor", "psnr", "latent_shape", "evaluate_vae", "interpolate", "prior_samples",
-           "latent_diffusion_cost"]
+           "latent_diffusion_cost", "design_choices"]
 
 FACTORS = (4, 8)
 # The course's configurations: narrow full-resolution blocks (they cost the most), wider deeper ones.
@@ -241,6 +241,22 @@ def evaluate_vae(vae: AutoencoderKL, *, judge=None, n: int = 500, seed: int = 7)
 
         out["agreement"] = {k: round(v, 4) for k, v in agreement(judge, scenes.images, recon).items()}
     return out
+
+
+def design_choices() -> dict[str, dict]:
+    """What each choice behind the course's configuration cost: name → record of ``scripts/vae_choices.py``.
+
+    Each record holds "parameters", "steps", "batch_size", "crops_per_second", "seconds", "psnr_db"
+    and "psnr_db_min" of one factor-4 configuration trained from the same seed for the same steps,
+    and the machine and date of the run.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data_files" / "vae_choices.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; measure it with: python scripts/vae_choices.py")
+    return json.loads(path.read_text())
 
 
 @torch.no_grad()

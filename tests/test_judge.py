@@ -42,3 +42,17 @@ def test_training_lowers_the_loss():
     judge, losses = sd.judge.train_judge(steps=30, batch_size=16, width=8, generator=torch.Generator().manual_seed(0),
                                          progress=False)
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_degrade_touches_only_the_chosen_fraction_and_stays_in_range():
+    x = sd.data.make_scenes(64, **sd.data.SCENES, generator=torch.Generator().manual_seed(0)).images
+    y = sd.judge.degrade(x, torch.Generator().manual_seed(1), fraction=0.5)
+    changed = (y - x).abs().flatten(1).amax(1) > 0
+    assert 16 < int(changed.sum()) < 48 and y.abs().max() <= 1
+    assert torch.equal(sd.judge.degrade(x, torch.Generator().manual_seed(1), fraction=0.0), x)
+    assert torch.equal(y, sd.judge.degrade(x, torch.Generator().manual_seed(1), fraction=0.5))
+    flat = torch.full((1, 3, 8, 8), 0.3)  # a blur leaves a flat image flat: only the noise changes it
+    softened = sd.judge.degrade(flat, torch.Generator().manual_seed(2), fraction=1.0)
+    assert (softened - flat).abs().max() < 0.25
+    with pytest.raises(ValueError, match="fraction"):
+        sd.judge.degrade(x, torch.Generator(), fraction=1.5)

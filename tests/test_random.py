@@ -149,6 +149,7 @@ CALLS = {
     "clip.probe_accuracy": lambda: sd.clip.probe_accuracy(_tiny_clip(), _scenes64(), _scenes64(), steps=2,
                                                           generator=g()),
     "judge.judge_batch": lambda: sd.judge.judge_batch(4, g()).images,
+    "judge.degrade": lambda: sd.judge.degrade(_scenes64().images, g()),
     "judge.judge_loss": lambda: sd.judge.judge_loss(_tiny_judge(), _scenes64(), generator=g()),
     "judge.train_judge": lambda: sd.judge.train_judge(steps=2, batch_size=4, width=8, generator=g(),
                                                       progress=False)[1],
