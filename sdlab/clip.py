@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from sdlab.data import SCENES as _SCENES
-from sdlab.validation import number_in_range, positive_int
+from sdlab.validation import number_in_range, one_of, positive_int
 
 __all__ = ["MiniCLIPConfig", "ImageTower", "MiniCLIP", "contrastive_loss", "similarity_matrix", "ATTRIBUTES",
            "text_embeddings", "class_embeddings", "zero_shot", "zero_shot_accuracy", "probe_accuracy", "SCENES",
@@ -277,32 +277,43 @@ def zero_shot_accuracy(model: MiniCLIP, scenes, attributes: tuple[str, ...] = AT
             for a in attributes}
 
 
-def _mean_token_state(model: MiniCLIP, captions: list[str], batch_size: int = 512) -> torch.Tensor:
-    """The mean of the text tower's token states over each caption's real tokens: (N, text_width)."""
+def _pooled_token_state(model: MiniCLIP, captions: list[str], pooling: str = "mean", batch_size: int = 512
+                        ) -> torch.Tensor:
+    """One vector per caption from the text tower's token states: (N, text_width).
+
+    ``"mean"``: the mean over the caption's real tokens; ``"eos"``: the state at ``<|endoftext|>``,
+    the one token that has read the whole caption (causal attention).
+    """
     device = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(captions), batch_size):
             ids, mask = _tokenize(captions[i : i + batch_size], device)
             states = model.token_states(ids, mask)
-            out.append((states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+            if pooling == "eos":
+                out.append(states[torch.arange(len(ids), device=device), mask.sum(1) - 1])
+            else:
+                out.append((states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
     return torch.cat(out)
 
 
-def probe_accuracy(model: MiniCLIP, train, test, *, steps: int = 300, generator: torch.Generator | None = None
-                   ) -> dict[str, float]:
+def probe_accuracy(model: MiniCLIP, train, test, *, steps: int = 300, pooling: Literal["mean", "eos"] = "mean",
+                   generator: torch.Generator | None = None) -> dict[str, float]:
     """How well the token states carry each attribute: a linear probe per attribute, held-out accuracy.
 
-    The probe sees the mean of the per-token states of a caption (what a U-Net's cross-attention can
-    read) and predicts the caption's animal, colour, background, size and position.
+    The probe sees one vector per caption made from its per-token states (what a U-Net's
+    cross-attention reads) and predicts the caption's animal, colour, background, size and position.
 
     Args:
         train, test: ``SceneBatch``es whose (canonical) captions and labels are used; no images.
         steps: full-batch Adam steps per probe.
+        pooling: ``"mean"``: the mean of the caption's token states; ``"eos"``: the state at
+            ``<|endoftext|>``, which has read the whole caption.
     Returns:
         {attribute: accuracy on ``test``}.
     """
-    x_train, x_test = _mean_token_state(model, train.captions), _mean_token_state(model, test.captions)
+    pooling = one_of(pooling, "pooling", ("mean", "eos"))
+    x_train, x_test = (_pooled_token_state(model, b.captions, pooling) for b in (train, test))
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     out = {}

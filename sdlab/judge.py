@@ -2,9 +2,10 @@
 
 Before any number about a generated picture counts ("is this a small red cat on the left?"),
 the judge must be right on clean scenes: ``AttributeJudge`` is one small CNN with a head per
-attribute (animal, colour, background, size, position), trained on clean scenes of every
-combination (held-out pairs included: it judges them) and shipped only if it names each
-attribute of ≥ 98 % of clean held-out scenes correctly (``judge_accuracy``).
+attribute (animal, colour, background, size, position), trained on scenes of every combination
+(held-out pairs included: it judges them), half of them softened and speckled as a decoder
+leaves them (``degrade``), and shipped only if it names each attribute of ≥ 98 % of clean
+held-out scenes correctly (``judge_accuracy``).
 
     >>> judge, info = sd.pretrained.load_pretrained("judge")
     >>> sd.judge.judge_accuracy(judge, scenes)            # {"animal": 0.99.., "colour": 1.0, ...}

@@ -135,3 +135,23 @@ def test_the_embedding_table_and_the_token_vectors():
     vectors = model.token_vectors(ids)
     assert vectors.shape == (*ids.shape, 32)
     torch.testing.assert_close(vectors[:, 0] - vectors[0, 0], torch.zeros_like(vectors[:, 0]))  # BOS at position 0
+
+
+def test_the_eos_probe_reads_the_state_at_the_end_of_each_caption():
+    from sdlab.clip import _pooled_token_state
+
+    model = tiny_clip()
+    captions = ["a cat", "a small red cat on the left, blue background"]
+    tokens = sd.tokenizer.tokenize(captions)
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    with torch.no_grad():
+        states = model.token_states(ids, mask)
+    eos = _pooled_token_state(model, captions, "eos")
+    for i, n in enumerate(mask.sum(1).tolist()):
+        assert ids[i, n - 1] == sd.clip.EOS
+        assert torch.allclose(eos[i], states[i, n - 1], atol=1e-5)
+    n = int(mask[0].sum())
+    assert torch.allclose(_pooled_token_state(model, captions, "mean")[0], states[0, :n].mean(0), atol=1e-5)
+    test = sd.data.make_scenes(10, resolution=64, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="pooling"):
+        sd.clip.probe_accuracy(model, test, test, pooling="max")
