@@ -25,8 +25,8 @@ from sdlab.data import ANIMALS, COLOURS, POSITIONS, SCENES, SIZES, SceneBatch, S
 from sdlab.random import rand, randint, randn_tensor, seeded_global_rng
 from sdlab.validation import number_in_range, positive_int
 
-__all__ = ["ATTRIBUTES", "AttributeJudge", "degrade", "judge_batch", "judge_loss", "train_judge", "predict", "judge_accuracy",
-           "agreement", "describe"]
+__all__ = ["ATTRIBUTES", "AttributeJudge", "degrade", "judge_batch", "judge_loss", "train_judge", "predict",
+           "judge_accuracy", "agreement", "describe"]
 
 ATTRIBUTES = {"animal": ANIMALS, "colour": COLOURS, "background": COLOURS, "size": SIZES, "position": POSITIONS}
 
