@@ -4,7 +4,7 @@ Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
 ``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
 ``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.pretrained``,
 ``sd.random``, ``sd.samplers``, ``sd.evaluate``, ``sd.tokenizer``, ``sd.captions``, ``sd.clip``, ``sd.hub``,
-``sd.judge``, ``sd.vae``.
+``sd.judge``, ``sd.vae``, ``sd.text_unet``, ``sd.guidance``.
 The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
@@ -16,6 +16,7 @@ from sdlab import (
     clip,
     data,
     evaluate,
+    guidance,
     hub,
     images,
     judge,
@@ -25,6 +26,7 @@ from sdlab import (
     samplers,
     schedules,
     silhouettes,
+    text_unet,
     tokenizer,
     train,
     unet,
@@ -45,6 +47,7 @@ __all__ = [
     "clip",
     "data",
     "evaluate",
+    "guidance",
     "hub",
     "images",
     "judge",
@@ -54,6 +57,7 @@ __all__ = [
     "samplers",
     "schedules",
     "silhouettes",
+    "text_unet",
     "tokenizer",
     "train",
     "unet",

@@ -98,6 +98,18 @@ def _tiny_judge():
         return sd.judge.AttributeJudge(width=8).eval()
 
 
+def _latent_scenes():
+    return sd.text_unet.encode_scenes(_tiny_vae(), 4, generator=g(4), progress=False)
+
+
+def _text_unet_loss():
+    with seeded_global_rng(0):
+        unet = sd.text_unet.make_text_unet(cross_attention_dim=32, block_out_channels=(16, 16))
+    text = _tiny_clip().text_model
+    return sd.text_unet.text_unet_loss(unet, _latent_scenes().batch(4, g(5)), g(), caption_dropout=0.5,
+                                       schedule=sd.NoiseSchedule("scaled_linear"), text_encoder=text)
+
+
 def _scenes64():
     return sd.data.make_scenes(4, **sd.data.SCENES, generator=g(3))
 
@@ -156,6 +168,10 @@ CALLS = {
     "vae.encode": lambda: sd.vae.encode(_tiny_vae(), _scenes64().images, generator=g()),
     "vae.vae_loss": lambda: sd.vae.vae_loss(_tiny_vae(), _scenes64().images, generator=g()),
     "vae.vae_batch": lambda: sd.vae.vae_batch(4, g()),
+    "text_unet.encode_scenes": lambda: sd.text_unet.encode_scenes(_tiny_vae(), 4, generator=g(),
+                                                                  progress=False).latents,
+    "text_unet.LatentScenes.batch": lambda: _latent_scenes().batch(4, g())[0],
+    "text_unet.text_unet_loss": _text_unet_loss,
     "vae.prior_samples": lambda: sd.vae.prior_samples(_tiny_vae(), 2, generator=g()),
     "vae.scaling_factor_from_data": lambda: torch.tensor(sd.vae.scaling_factor_from_data(
         _tiny_vae(), _scenes64().images, generator=g())),

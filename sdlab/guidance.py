@@ -1,0 +1,75 @@
+"""Classifier-free guidance (Ho & Salimans 2022), as diffusers' Stable Diffusion pipeline applies it.
+
+One network predicts the noise twice per step: with the prompt's token states and with those of
+the empty prompt (or of a negative prompt). The guided prediction moves past the conditional one,
+away from the unconditional one:
+
+    ε̂ = ε̂_uncond + s · (ε̂_cond − ε̂_uncond)
+
+Conventions, kept identical to ``StableDiffusionPipeline``: both branches run in one batched forward
+pass, unconditional half first; a scale of exactly 1 is the conditional prediction alone, and the
+pass is then not doubled. Scales below 1 are refused here (diffusers' pipelines silently switch
+guidance off for them, which is not what the formula says); for unconditional pictures, prompt ``""``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sdlab.validation import number_in_range
+
+__all__ = ["MAX_GUIDANCE_SCALE", "check_guidance_scale", "classifier_free_guidance", "guided_noise"]
+
+MAX_GUIDANCE_SCALE = 30.0  # far past any useful value: pictures saturate long before
+
+
+def check_guidance_scale(scale: float) -> float:
+    """The guidance scale as a float in [1, 30], or a ValueError that says what to do instead."""
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 <= scale < 1:
+        raise ValueError(f"guidance_scale must be at least 1; got {scale}. Scale 1 is the conditional prediction "
+                         "alone (no guidance); diffusers' pipelines treat any scale <= 1 that way. For pictures "
+                         "that ignore the prompt (the unconditional model), use the prompt \"\" with scale 1.")
+    return number_in_range(scale, "guidance_scale", 1.0, MAX_GUIDANCE_SCALE)
+
+
+def classifier_free_guidance(noise_uncond: torch.Tensor, noise_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """ε̂_uncond + s · (ε̂_cond − ε̂_uncond): both predictions (B, C, H, W), the guided one of the same shape."""
+    if noise_uncond.shape != noise_cond.shape:
+        raise ValueError(f"the two predictions differ in shape: {tuple(noise_uncond.shape)} (unconditional) vs "
+                         f"{tuple(noise_cond.shape)} (conditional)")
+    return noise_uncond + check_guidance_scale(scale) * (noise_cond - noise_uncond)
+
+
+def guided_noise(unet: nn.Module, latents: torch.Tensor, t: torch.Tensor | int, *, cond_states: torch.Tensor,
+                 uncond_states: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """The guided noise prediction of one step, both branches in one batched pass (as diffusers' pipeline).
+
+    Args:
+        latents: (B, C, h, w) noisy latents x_t. t: the timestep (an int or (B,)).
+        cond_states: (B, L, D) token states of the prompts. uncond_states: (B, L, D) of the empty or
+            negative prompts (a (1, L, D) row is repeated for the batch).
+        guidance_scale: s ≥ 1; at exactly 1 only the conditional branch runs.
+
+    Returns:
+        ε̂: (B, C, h, w).
+    """
+    from sdlab.text_unet import check_text_states
+    from sdlab.unet import predict_noise
+
+    scale = check_guidance_scale(guidance_scale)
+    check_text_states(unet, cond_states)
+    if scale == 1.0:
+        return predict_noise(unet, latents, t, encoder_hidden_states=cond_states)
+    check_text_states(unet, uncond_states)
+    uncond_states = uncond_states.expand(latents.shape[0], *uncond_states.shape[1:]) \
+        if uncond_states.shape[0] == 1 else uncond_states
+    if uncond_states.shape != cond_states.shape:
+        raise ValueError(f"uncond_states {tuple(uncond_states.shape)} must match cond_states "
+                         f"{tuple(cond_states.shape)} (or be one (1, L, D) row)")
+    t = torch.as_tensor(t, device=latents.device)
+    t = t.expand(latents.shape[0]) if t.dim() == 0 else t
+    both = predict_noise(unet, torch.cat([latents, latents]), torch.cat([t, t]),
+                         encoder_hidden_states=torch.cat([uncond_states, cond_states]))
+    noise_uncond, noise_cond = both.chunk(2)
+    return noise_uncond + scale * (noise_cond - noise_uncond)
