@@ -35,6 +35,7 @@ from sdlab.pretrained import (
     CLIPRecipe,
     DiffusionRecipe,
     JudgeRecipe,
+    TextUNetRecipe,
     VAERecipe,
     replace_folder,
     save_pretrained,
@@ -159,6 +160,41 @@ def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} pairs/s, {result.seconds:.0f} s")
 
 
+def train_text_unet(name: str, recipe: TextUNetRecipe, args: argparse.Namespace) -> None:
+    device = sd.pick_device()
+    config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    vae = sd.pretrained.load_pretrained("vae_f4", device=device)[0]
+    text = sd.pretrained.load_pretrained("miniclip", device=device)[0].text_model.float().eval()
+    start = time.perf_counter()
+    data = sd.text_unet.encode_scenes(vae, recipe.scenes, generator=torch.Generator(device).manual_seed(recipe.seed))
+    encoding = time.perf_counter() - start
+    with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
+        unet = sd.text_unet.make_text_unet(block_out_channels=recipe.block_out_channels,
+                                           cross_attention_dim=text.config.hidden_size,
+                                           attention_head_dim=recipe.attention_head_dim).to(device)
+    print(f"{name}: {sd.unet.count_parameters(unet):,} parameters, {len(data)} scenes encoded in {encoding:.0f} s\n"
+          f"{config}")
+    loss = functools.partial(sd.text_unet.text_unet_loss, schedule=sd.NoiseSchedule(recipe.schedule),
+                             text_encoder=text, caption_dropout=recipe.caption_dropout)
+    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=Path(f"build/{name}-run.safetensors"),
+                          resume=True, desc=name)
+    final = sum(result.losses[-100:]) / len(result.losses[-100:])
+    info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": recipe.scenes,
+            "scene_settings": dict(sd.data.SCENES), "caption_dropout": recipe.caption_dropout,
+            "schedule": recipe.schedule, "weights": "ema", "final_loss": round(final, 5),
+            "losses": [round(x, 5) for x in result.losses[::10]], "trained_on": _machine(device),
+            "encoding_seconds": round(encoding, 1), "seconds": round(result.seconds, 1),
+            "images_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
+
+    def write(folder: Path) -> None:
+        result.ema.save_pretrained(folder, safe_serialization=True)
+        (folder / RECORD_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+    out = Path(args.out or REGISTRY[name].path)
+    replace_folder(out, write)
+    print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} images/s, {result.seconds:.0f} s")
+
+
 def rescore_vae(name: str) -> None:
     path = REGISTRY[name].path
     vae, info = sd.pretrained.load_pretrained(name)
@@ -194,6 +230,8 @@ def main() -> None:
         train_attribute_judge(args.name, recipe, args)
     elif isinstance(recipe, VAERecipe):
         train_vae(args.name, recipe, args)
+    elif isinstance(recipe, TextUNetRecipe):
+        train_text_unet(args.name, recipe, args)
     else:
         train_judge(args.name, recipe, args)
 

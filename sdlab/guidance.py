@@ -19,7 +19,7 @@ from torch import nn
 
 from sdlab.validation import number_in_range
 
-__all__ = ["MAX_GUIDANCE_SCALE", "check_guidance_scale", "classifier_free_guidance", "guided_noise"]
+__all__ = ["MAX_GUIDANCE_SCALE", "check_guidance_scale", "classifier_free_guidance", "guided_noise", "generate"]
 
 MAX_GUIDANCE_SCALE = 30.0  # far past any useful value: pictures saturate long before
 
@@ -73,3 +73,44 @@ def guided_noise(unet: nn.Module, latents: torch.Tensor, t: torch.Tensor | int, 
                          encoder_hidden_states=torch.cat([uncond_states, cond_states]))
     noise_uncond, noise_cond = both.chunk(2)
     return noise_uncond + scale * (noise_cond - noise_uncond)
+
+
+@torch.no_grad()
+def generate(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, prompts: list[str], *,
+             guidance_scale: float = 7.5, negative_prompt: str = "", num_inference_steps: int = 20,
+             sampler=None, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """Pictures from prompts, the way Stable Diffusion makes them: random latents, guided denoising, one decode.
+
+    Args:
+        unet: a text-conditioned noise predictor (`sdlab.text_unet.make_text_unet`).
+        text_encoder: the ``CLIPTextModel`` it was trained with. vae: the autoencoder of its latents.
+        prompts: one prompt per picture.
+        guidance_scale: s ≥ 1 (1: no guidance). negative_prompt: replaces the empty prompt of the
+            unconditional branch.
+        num_inference_steps: denoising steps. sampler: a sampler with diffusers' protocol (default: the
+            course's DDIM on the scaled-linear schedule of Stable Diffusion and of the course's U-Net).
+        generator: seeds the starting latents (and a stochastic sampler's steps).
+
+    Returns:
+        (B, 3, H, W) pictures in [−1, 1].
+    """
+    from sdlab.samplers import DDIMSampler, sample
+    from sdlab.schedules import NoiseSchedule
+    from sdlab.text_unet import encode_prompts
+    from sdlab.vae import decode
+
+    scale = check_guidance_scale(guidance_scale)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    sampler = sampler or DDIMSampler(NoiseSchedule("scaled_linear"))
+    device = next(unet.parameters()).device
+    cond = encode_prompts(text_encoder, prompts).to(device)
+    uncond = encode_prompts(text_encoder, [negative_prompt]).to(device)
+    config = unet.config
+    shape = (len(prompts), config.in_channels, config.sample_size, config.sample_size)
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return guided_noise(unet, x, t, cond_states=cond, uncond_states=uncond, guidance_scale=scale)
+
+    latents = sample(model_fn, shape, sampler=sampler, num_inference_steps=num_inference_steps, generator=generator,
+                     device=device, progress=progress)
+    return decode(vae, latents).clamp(-1, 1)

@@ -134,6 +134,28 @@ class CLIPRecipe:
 
 
 @dataclass(frozen=True)
+class TextUNetRecipe:
+    """How chapter 6's text-conditioned U-Net is trained: `sdlab.text_unet.make_text_unet` sizes, data and `fit`."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    attention_head_dim: int = 8
+    scenes: int = 30_000  # captioned scenes encoded once by vae_f4 (`sdlab.text_unet.encode_scenes`)
+    caption_dropout: float = 0.1
+    schedule: str = "scaled_linear"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def train_config(self, **overrides: Any):
+        """The `sdlab.train.TrainConfig` of this recipe; the EMA weights ship."""
+        return _train_config(self, overrides, checkpoint_every=100)
+
+
+@dataclass(frozen=True)
 class Shipped:
     """One shipped model: what it is, what trains it, and where its file is (under ``sdlab/weights``)."""
 

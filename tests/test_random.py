@@ -102,10 +102,13 @@ def _latent_scenes():
     return sd.text_unet.encode_scenes(_tiny_vae(), 4, generator=g(4), progress=False)
 
 
-def _text_unet_loss():
+def _tiny_text_unet():
     with seeded_global_rng(0):
-        unet = sd.text_unet.make_text_unet(cross_attention_dim=32, block_out_channels=(16, 16))
-    text = _tiny_clip().text_model
+        return sd.text_unet.make_text_unet(cross_attention_dim=32, block_out_channels=(16, 16))
+
+
+def _text_unet_loss():
+    unet, text = _tiny_text_unet(), _tiny_clip().text_model
     return sd.text_unet.text_unet_loss(unet, _latent_scenes().batch(4, g(5)), g(), caption_dropout=0.5,
                                        schedule=sd.NoiseSchedule("scaled_linear"), text_encoder=text)
 
@@ -172,6 +175,8 @@ CALLS = {
                                                                   progress=False).latents,
     "text_unet.LatentScenes.batch": lambda: _latent_scenes().batch(4, g())[0],
     "text_unet.text_unet_loss": _text_unet_loss,
+    "guidance.generate": lambda: sd.guidance.generate(_tiny_text_unet(), _tiny_clip().text_model, _tiny_vae(),
+                                                      ["a red cat"], num_inference_steps=2, generator=g()),
     "vae.prior_samples": lambda: sd.vae.prior_samples(_tiny_vae(), 2, generator=g()),
     "vae.scaling_factor_from_data": lambda: torch.tensor(sd.vae.scaling_factor_from_data(
         _tiny_vae(), _scenes64().images, generator=g())),

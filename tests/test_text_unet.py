@@ -143,3 +143,16 @@ def test_encode_prompts_matches_the_text_encoder_without_a_mask():
         expected = text(input_ids=ids).last_hidden_state
     assert torch.equal(sd.text_unet.encode_prompts(text, ["a red cat", ""]), expected)
     assert torch.equal(sd.text_unet.encode_prompts(text, ids), expected)
+
+
+def test_generate_makes_repeatable_pictures_and_guidance_changes_them():
+    unet, text, vae = tiny_unet(), tiny_text_encoder(), tiny_vae()
+    prompts = ["a red cat", "a blue dog"]
+    make = lambda **kw: sd.guidance.generate(unet, text, vae, prompts, num_inference_steps=3,  # noqa: E731
+                                             generator=g(1), **kw)
+    a, b = make(guidance_scale=3), make(guidance_scale=3)
+    assert a.shape == (2, 3, 64, 64) and torch.equal(a, b) and a.abs().max() <= 1
+    assert not torch.allclose(make(guidance_scale=1), a)
+    assert not torch.allclose(make(guidance_scale=3, negative_prompt="a green bird"), a)
+    with pytest.raises(ValueError, match="at least 1"):
+        make(guidance_scale=0.5)
