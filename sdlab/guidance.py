@@ -19,7 +19,8 @@ from torch import nn
 
 from sdlab.validation import number_in_range
 
-__all__ = ["MAX_GUIDANCE_SCALE", "check_guidance_scale", "classifier_free_guidance", "guided_noise", "generate"]
+__all__ = ["MAX_GUIDANCE_SCALE", "check_guidance_scale", "classifier_free_guidance", "guided_noise", "generate",
+           "adherence"]
 
 MAX_GUIDANCE_SCALE = 30.0  # far past any useful value: pictures saturate long before
 
@@ -114,3 +115,23 @@ def generate(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, prompts: 
     latents = sample(model_fn, shape, sampler=sampler, num_inference_steps=num_inference_steps, generator=generator,
                      device=device, progress=progress)
     return decode(vae, latents).clamp(-1, 1)
+
+
+def adherence(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, judge: nn.Module, scenes, *,
+              guidance_scale: float, batch_size: int = 100, **options) -> dict[str, float]:
+    """How often pictures made from ``scenes``' captions show what the captions say, per attribute (the judge's view).
+
+    Args:
+        scenes: a ``SceneBatch``; its (canonical) captions are the prompts, its labels the truth.
+        guidance_scale: as in `generate`; use prompts of ``""`` for the unconditional model instead.
+        options: passed to `generate` (``num_inference_steps``, ``generator``, ``negative_prompt`` ...).
+
+    Returns:
+        {attribute: share of pictures the judge reads as the caption says, ..., "all": all five right}.
+    """
+    from sdlab.judge import judge_accuracy
+
+    captions = list(scenes.captions)
+    images = torch.cat([generate(unet, text_encoder, vae, captions[i : i + batch_size], guidance_scale=guidance_scale,
+                                 **options) for i in range(0, len(captions), batch_size)])
+    return judge_accuracy(judge, scenes, images)

@@ -156,3 +156,19 @@ def test_generate_makes_repeatable_pictures_and_guidance_changes_them():
     assert not torch.allclose(make(guidance_scale=3, negative_prompt="a green bird"), a)
     with pytest.raises(ValueError, match="at least 1"):
         make(guidance_scale=0.5)
+
+
+def test_adherence_judges_the_pictures_against_the_captions(monkeypatch):
+    unet, text, vae = tiny_unet(), tiny_text_encoder(), tiny_vae()
+    judge = sd.judge.AttributeJudge(width=8).eval()
+    scenes = sd.data.make_scenes(5, **sd.data.SCENES, generator=g(2))
+    result = sd.guidance.adherence(unet, text, vae, judge, scenes, guidance_scale=2, batch_size=2,
+                                   num_inference_steps=2, generator=g(0))
+    assert set(result) == set(sd.judge.ATTRIBUTES) | {"all"} and all(0 <= v <= 1 for v in result.values())
+    # a "generator" that paints exactly what each caption says scores what the judge scores on real scenes
+    by_caption = dict(zip(scenes.captions, scenes.images))
+    asked = []
+    monkeypatch.setattr(sd.guidance, "generate", lambda u, t, v, prompts, **kw: asked.append(
+        (len(prompts), kw["guidance_scale"])) or torch.stack([by_caption[p] for p in prompts]))
+    perfect = sd.guidance.adherence(unet, text, vae, judge, scenes, guidance_scale=4, batch_size=2)
+    assert perfect == sd.judge.judge_accuracy(judge, scenes) and asked == [(2, 4), (2, 4), (1, 4)]
