@@ -18,8 +18,11 @@ import torch
 import sdlab as sd
 
 CONFIGS = {  # name: AutoencoderKL keyword arguments (factor 4 unless the name says f8)
-    "baseline (32,64,64) attn": dict(block_out_channels=(32, 64, 64), norm_num_groups=32),
+    # make_vae leaves the mid-block attention out unless asked: the baseline asks
+    "baseline (32,64,64) attn": dict(block_out_channels=(32, 64, 64), norm_num_groups=32, mid_block_add_attention=True),
     "(32,64,64) no attn": dict(block_out_channels=(32, 64, 64), norm_num_groups=32, mid_block_add_attention=False),
+    "(32,64,64) no attn, 8 groups": dict(block_out_channels=(32, 64, 64), norm_num_groups=8,
+                                         mid_block_add_attention=False),
     "(16,32,64) no attn": dict(block_out_channels=(16, 32, 64), norm_num_groups=8, mid_block_add_attention=False),
     "(16,32,32) no attn": dict(block_out_channels=(16, 32, 32), norm_num_groups=8, mid_block_add_attention=False),
     "f8 (16,32,64,64) no attn": dict(factor=8, block_out_channels=(16, 32, 64, 64), norm_num_groups=8,
