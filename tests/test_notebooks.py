@@ -59,6 +59,9 @@ def test_exercises_follow_nbgrader_format(path):
         check = next(c for c in cells[i + 1 :] if c.cell_type == "code")
         assert grader(check).get("grade") and grader(check).get("locked"), "a graded check cell follows"
         assert "sd.checks." in check.source
+        # a check returns True; a cell ending in the bare call would print a stray "True" on the page
+        last = check.source.strip().splitlines()[-1]
+        assert not re.fullmatch(r"sd\.checks\.check_\w+\(.*\)", last), f"end the check with ';': {last}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
