@@ -29,7 +29,7 @@ def right_loss(model, x0, noise, t, ab):
 def test_right_loss_passes_and_agrees_with_the_library(capsys):
     assert check_diffusion_loss(right_loss)
     assert check_diffusion_loss(lambda m, x0, e, t, ab: F.mse_loss(sd.unet.predict_noise(m, s_n(ab, t, x0, e), t), e))
-    assert capsys.readouterr().out.count("✅") == 2
+    assert capsys.readouterr().out.count("✓") == 2
     # The same formula as sd.train.diffusion_loss on a real UNet with fixed t.
     model, schedule = sd.UNet(sd.UNetConfig.tiny()), sd.NoiseSchedule("cosine")
     torch.nn.init.normal_(model.conv_out.weight, std=0.05)
@@ -113,7 +113,7 @@ def test_wrong_losses_fail_with_a_hint(wrong, message):
 
 def test_loss_weight_check(capsys):
     assert check_loss_weight(lambda ab: ab / (1 - ab))
-    assert "✅" in capsys.readouterr().out
+    assert "✓" in capsys.readouterr().out
     for wrong, message in [(lambda ab: (1 - ab) / ab, "other way round"), (lambda ab: (ab / (1 - ab)).sqrt(),
                            "errors themselves"), (lambda ab: ab, "divide"), (lambda ab: ab[:2], "one weight per"),
                            (lambda ab: 2 * ab / (1 - ab), "not yet")]:
@@ -123,7 +123,7 @@ def test_loss_weight_check(capsys):
 
 def test_eps_or_x0_check(capsys):
     assert check_eps_or_x0(lambda: " B ")
-    assert "✅" in capsys.readouterr().out
+    assert "✓" in capsys.readouterr().out
     for answer, message in [("a", "not \\(a\\)"), ("c", "not \\(c\\)"), ("d", "not \\(d\\)"),
                             ("e", "one of the letters"), (2, "one of the letters")]:
         with pytest.raises(ExerciseError, match=message):
