@@ -74,3 +74,11 @@ def test_student_version_has_no_solutions(path):
         assert cell.source.lstrip().startswith("def "), "the student keeps the function signature"
     original = [c.source for c in nb.cells if grader(c).get("grade")]
     assert [c.source for c in student.cells if grader(c).get("grade")] == original, "checks are kept as they are"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_only_solutions_are_folded_away(path):
+    # _config.yml labels every folded cell "Show solution": so only solution cells may be folded
+    for cell in nbformat.read(path, as_version=4).cells:
+        if "hide-input" in cell.metadata.get("tags", []):
+            assert grader(cell).get("solution"), f"a folded cell that is not a solution: {cell.source[:60]!r}"
