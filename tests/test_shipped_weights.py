@@ -61,12 +61,12 @@ def test_shipped_miniclip_loads_with_its_record_and_matches_pictures_with_words(
     assert isinstance(model, sd.clip.MiniCLIP) and not model.training
     assert info["steps"] == recipe.steps and info["batch_size"] == recipe.batch_size
     assert len(info["losses"]) == info["steps"] and info["scenes"] == sd.clip.SCENES
-    # The same quantities as chapter 4, on fewer held-out scenes of unseen animal-colour pairs: far above
-    # chance (animal 10 %, colour 12.5 %); the closing notes quote the full-size numbers.
-    test = sd.data.make_scenes(200, **sd.clip.SCENES, split="test", held_out="only",
+    # Chapter 4's own measurement (1 000 held-out scenes of unseen animal-colour pairs, the same seed) and
+    # issue 9's goal: zero-shot >= 95 % on animal and colour.
+    test = sd.data.make_scenes(1000, **sd.clip.SCENES, split="test", held_out="only",
                                generator=torch.Generator().manual_seed(1))
     accuracy = sd.clip.zero_shot_accuracy(model, test, ("animal", "colour"))
-    assert accuracy["colour"] > 0.95 and accuracy["animal"] > 0.85, accuracy
+    assert accuracy["colour"] >= 0.95 and accuracy["animal"] >= 0.95, accuracy
 
 
 def test_shipped_judge_names_each_attribute_of_clean_held_out_scenes():
@@ -92,5 +92,5 @@ def test_shipped_autoencoders_load_with_diffusers_and_reach_their_recorded_quali
     measured = sd.vae.evaluate_vae(vae, judge=judge)  # the same 500 held-out scenes as the record
     assert measured["psnr_db"] == pytest.approx(info["psnr_db"], abs=0.05)
     assert all(abs(measured["agreement"][k] - v) <= 0.004 for k, v in info["agreement"].items())
-    if name == "vae_f4":  # the chapter's PSNR goal (attribute agreement: animal 97.6 %, goal 98 %, issue 10)
-        assert info["psnr_db"] >= 28, info
+    if name == "vae_f4":  # the chapter's goals (issue 10): 28 dB, and every attribute survives 98 % of round trips
+        assert info["psnr_db"] >= 28 and min(info["agreement"].values()) >= 0.98, info
