@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/eval_text_unet.py                     # 100 prompts per set, scales 1, 3, 7.5
     .venv/bin/python scripts/eval_text_unet.py --n 200 --scales 1 2 3 5 7.5 10 15
+    .venv/bin/python scripts/eval_text_unet.py --unet build/text_unet_pilot   # a folder not (yet) shipped
 
 Each prompt is the canonical caption of a scene ("a small red cat on the left, blue background");
 the judge (`sdlab.judge`) reads the generated picture back. "uncond" generates from the empty prompt
@@ -25,9 +26,15 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 7.5])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--unet", default="text_unet", help="a shipped name or a save_pretrained folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    unet = sd.pretrained.load_pretrained("text_unet")[0].eval()
+    if args.unet in sd.pretrained.names():
+        unet = sd.pretrained.load_pretrained(args.unet)[0].eval()
+    else:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(args.unet, low_cpu_mem_usage=False).eval()
     text = sd.pretrained.load_pretrained("miniclip")[0].text_model.float().eval()
     vae = sd.pretrained.load_pretrained("vae_f4")[0].eval()
     judge = sd.pretrained.load_pretrained("judge")[0].eval()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sdlab.text_unet import check_text_states
+from sdlab.unet import predict_noise
 from sdlab.validation import number_in_range
 
 __all__ = ["MAX_GUIDANCE_SCALE", "check_guidance_scale", "classifier_free_guidance", "guided_noise", "generate",
@@ -55,9 +57,6 @@ def guided_noise(unet: nn.Module, latents: torch.Tensor, t: torch.Tensor | int, 
     Returns:
         ε̂: (B, C, h, w).
     """
-    from sdlab.text_unet import check_text_states
-    from sdlab.unet import predict_noise
-
     scale = check_guidance_scale(guidance_scale)
     check_text_states(unet, cond_states)
     if scale == 1.0:
@@ -73,7 +72,7 @@ def guided_noise(unet: nn.Module, latents: torch.Tensor, t: torch.Tensor | int, 
     both = predict_noise(unet, torch.cat([latents, latents]), torch.cat([t, t]),
                          encoder_hidden_states=torch.cat([uncond_states, cond_states]))
     noise_uncond, noise_cond = both.chunk(2)
-    return noise_uncond + scale * (noise_cond - noise_uncond)
+    return classifier_free_guidance(noise_uncond, noise_cond, scale)
 
 
 @torch.no_grad()

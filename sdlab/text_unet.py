@@ -16,6 +16,7 @@ on a laptop CPU. Around it this module adds what training needs:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +139,14 @@ def encode_scenes(vae: nn.Module, n: int, *, generator: torch.Generator, batch_s
                         labels={k: torch.cat([b[k] for b in labels]) for k in labels[0]}, captions=tuple(captions))
 
 
+@functools.cache
+def _empty_prompt_ids() -> torch.Tensor:
+    """The ids of ``""`` padded to 77 (BOS, then EOS), tokenized once rather than in every training step."""
+    from sdlab.tokenizer import tokenize
+
+    return tokenize([""])["input_ids"]
+
+
 def text_unet_loss(unet: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None,
                    *, schedule: NoiseSchedule, text_encoder: nn.Module, caption_dropout: float = 0.1) -> torch.Tensor:
     """The ε-prediction loss of one batch of ``LatentScenes.batch``, with caption dropout.
@@ -146,13 +155,12 @@ def text_unet_loss(unet: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], ge
     (frozen) ``text_encoder`` encodes the result, and the U-Net predicts the noise of the noised
     latents from those token states (``sd.train.diffusion_loss``).
     """
-    from sdlab.tokenizer import tokenize
     from sdlab.train import diffusion_loss
 
     caption_dropout = number_in_range(caption_dropout, "caption_dropout", 0, 1)
     latents, ids = batch
     device = latents.device
-    empty = tokenize([""])["input_ids"].to(device)
+    empty = _empty_prompt_ids().to(device)
     dropped = rand((ids.shape[0],), generator=generator, device=device) < caption_dropout
     ids = torch.where(dropped[:, None], empty, ids.to(device))
     states = encode_prompts(text_encoder, ids)
