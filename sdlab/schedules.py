@@ -189,6 +189,14 @@ class NoiseSchedule:
         sqrt_one_minus_ab = self._coefficient(self._sqrt_one_minus_alphas_cumprod, t, x0)
         return sqrt_ab * x0 + sqrt_one_minus_ab * noise
 
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """The v-prediction target v = √ᾱ_t · ε − √(1 − ᾱ_t) · x0 (Salimans & Ho 2022; diffusers' ``get_velocity``)."""
+        _check_pair(x0, noise)
+        t = self.check_timesteps(t, batch_size=x0.shape[0] if x0.dim() else None)
+        sqrt_ab = self._coefficient(self._sqrt_alphas_cumprod, t, x0)
+        sqrt_one_minus_ab = self._coefficient(self._sqrt_one_minus_alphas_cumprod, t, x0)
+        return sqrt_ab * noise - sqrt_one_minus_ab * x0
+
     def add_noise_stepwise(
         self, x0: torch.Tensor, t: int, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:

@@ -103,6 +103,8 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     cond: dict | None = None,
     t: torch.Tensor | None = None,
+    prediction_type: str = "epsilon",
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """The ε-prediction loss ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖² (DDPM eq. 14), averaged.
 
@@ -111,16 +113,30 @@ def diffusion_loss(
         generator: seeds t and ε (drawn on its device, then moved to x0's).
         cond: keyword arguments for the model, e.g. ``{"encoder_hidden_states": (B, L, D)}``.
         t: (B,) timesteps; drawn uniformly from [0, T) when None.
+        prediction_type: ``"epsilon"`` (the network predicts ε) or ``"v_prediction"`` (it predicts
+            v = √ᾱ_t ε − √(1−ᾱ_t) x0, which at high noise is almost −x0: the picture's content
+            weighs in the loss where the layout is decided; Stable Diffusion 2 trains this way).
+        snr_gamma: Min-SNR-γ weighting (Hang et al. 2023): each image's loss weighted by
+            min(SNR_t, γ) / SNR_t (ε) or min(SNR_t, γ) / (SNR_t + 1) (v), so that the nearly clean
+            steps stop dominating; None: no weighting (diffusers' ``--snr_gamma``; 5 is usual).
 
     Returns:
         A scalar float32 loss.
     """
+    one_of(prediction_type, "prediction_type", ("epsilon", "v_prediction"))
     if t is None:
         t = randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = schedule.add_noise(x0, noise, t)
     prediction = predict_noise(model, x_t, t, **(cond or {}))
-    return F.mse_loss(prediction.float(), noise.float())
+    target = noise if prediction_type == "epsilon" else schedule.velocity(x0, noise, t)
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    snr = schedule.snr(t).to(x0.device)
+    weight = snr.clamp(max=positive_number(snr_gamma, "snr_gamma"))
+    weight = weight / (snr if prediction_type == "epsilon" else snr + 1)
+    per_image = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (weight * per_image).mean()
 
 
 def _diffusion_step_loss(schedule: NoiseSchedule, model: nn.Module, batch: Any, generator: torch.Generator

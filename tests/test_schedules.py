@@ -200,3 +200,18 @@ def test_ideal_observer_accuracy_matches_simulation():
         s = schedule.alphas_cumprod[t].sqrt()
         nearer_a = ((x_t - s * a).flatten(1).norm(dim=1) < (x_t - s * b).flatten(1).norm(dim=1)).float().mean()
         assert abs(nearer_a.item() - theory[t].item()) < 0.03
+
+
+@pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine"])
+def test_velocity_matches_diffusers_get_velocity(name, x0):
+    schedule = NoiseSchedule(name)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 250, 700, 999])
+    expected = DDPMScheduler(**schedule.diffusers_config()).get_velocity(x0, noise, t)
+    # atol: the course accumulates ᾱ in float64, diffusers in float32
+    torch.testing.assert_close(schedule.velocity(x0, noise, t), expected, atol=1e-5, rtol=1e-5)
+    # v, x_t and the pair (x0, ε) determine each other: x0 = √ᾱ x_t − √(1−ᾱ) v.
+    ab = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = schedule.add_noise(x0, noise, t)
+    torch.testing.assert_close(ab.sqrt() * x_t - (1 - ab).sqrt() * schedule.velocity(x0, noise, t), x0,
+                               atol=1e-5, rtol=1e-5)

@@ -189,3 +189,43 @@ def test_fit_leaves_frozen_parameters_alone_and_refuses_a_frozen_model():
 def test_train_refuses_something_that_is_not_a_schedule():
     with pytest.raises(TypeError, match="schedule must be a sdlab NoiseSchedule; got str"):
         train(tiny_model(), "cosine", stripes, config=TrainConfig(steps=1, batch_size=2), progress=False)
+
+
+class _Constant(torch.nn.Module):
+    """A 'network' that always predicts zero: its loss is the mean square of the target."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return torch.zeros_like(x) + 0 * self.unused
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_diffusion_loss_targets_and_min_snr_weights(prediction_type, snr_gamma):
+    g = torch.Generator().manual_seed(3)
+    x0 = stripes(6, g)
+    t = torch.tensor([0, 100, 300, 500, 800, 999])
+    loss = diffusion_loss(_Constant(), SCHEDULE, x0, t=t, generator=torch.Generator().manual_seed(4),
+                          prediction_type=prediction_type, snr_gamma=snr_gamma)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    target = noise if prediction_type == "epsilon" else SCHEDULE.velocity(x0, noise, t)
+    per_image = target.pow(2).mean(dim=(1, 2, 3))
+    snr = SCHEDULE.snr(t)
+    if snr_gamma is None:
+        weight = torch.ones(6)
+    else:  # diffusers' train_text_to_image.py: min(SNR, γ) / SNR for ε, / (SNR + 1) for v
+        weight = torch.minimum(snr, torch.tensor(snr_gamma)) / (snr if prediction_type == "epsilon" else snr + 1)
+    assert loss.item() == pytest.approx((weight * per_image).mean().item(), rel=1e-5)
+    if snr_gamma is not None:  # the nearly clean steps weigh less than the noisy ones
+        assert weight[0] < 0.01 and weight[-1] == pytest.approx(1.0 if prediction_type == "epsilon" else
+                                                                 (snr[-1] / (snr[-1] + 1)).item(), rel=1e-4)
+
+
+def test_diffusion_loss_refuses_unknown_prediction_types():
+    with pytest.raises(ValueError, match="prediction_type"):
+        diffusion_loss(_Constant(), SCHEDULE, torch.zeros(2, 1, 8, 8), prediction_type="sample")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        diffusion_loss(_Constant(), SCHEDULE, torch.zeros(2, 1, 8, 8), snr_gamma=0)
