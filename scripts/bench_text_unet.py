@@ -3,6 +3,8 @@
     .venv/bin/python scripts/bench_text_unet.py            # 1 thread, batch 64, 16x16x4 latents
     .venv/bin/python scripts/bench_text_unet.py --steps 3  # a quick look
 
+"low": attention (self and cross) at the 8x8 and 4x4 levels only, none at the full 16x16.
+
 Times whole training steps (text tower forward without gradients, U-Net forward, loss, backward,
 AdamW) of ``sd.text_unet.text_unet_loss`` per configuration, and the one-off cost of encoding
 captioned scenes with the factor-4 VAE (``sd.text_unet.encode_scenes``).
@@ -18,7 +20,10 @@ import torch
 
 import sdlab as sd
 
-CONFIGS = {"(32,64,64)": (32, 64, 64), "(48,96,96)": (48, 96, 96), "(64,128,128)": (64, 128, 128)}
+ALL, LOW = None, (False, True, True)  # attention at every level but the lowest / at 8x8 and 4x4 only
+CONFIGS = {"(32,64,64)": ((32, 64, 64), ALL), "(48,96,96)": ((48, 96, 96), ALL),
+           "(64,128,128)": ((64, 128, 128), ALL), "(32,64,64) low": ((32, 64, 64), LOW),
+           "(64,128,128) low": ((64, 128, 128), LOW), "(64,128,192) low": ((64, 128, 192), LOW)}
 
 
 def main() -> None:
@@ -42,8 +47,8 @@ def main() -> None:
         sd.text_unet.encode_prompts(text, batch[1])
     text_rate = args.steps * args.batch_size / (time.perf_counter() - start)
     print(f"text tower alone: {text_rate:.0f} captions/s")
-    for name, channels in CONFIGS.items():
-        unet = sd.text_unet.make_text_unet(block_out_channels=channels)
+    for name, (channels, attention) in CONFIGS.items():
+        unet = sd.text_unet.make_text_unet(block_out_channels=channels, attention=attention)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
         for i in range(args.steps + 1):
             if i == 1:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,11 +32,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.unet in sd.pretrained.names():
-        unet = sd.pretrained.load_pretrained(args.unet)[0].eval()
+        unet, record = sd.pretrained.load_pretrained(args.unet)
     else:
         from diffusers import UNet2DConditionModel
 
-        unet = UNet2DConditionModel.from_pretrained(args.unet, low_cpu_mem_usage=False).eval()
+        unet = UNet2DConditionModel.from_pretrained(args.unet, low_cpu_mem_usage=False)
+        record = json.loads((Path(args.unet) / sd.pretrained.RECORD_FILE).read_text())
+    unet.eval()
+    sampler = sd.samplers.DDIMSampler(sd.NoiseSchedule(record.get("schedule", "scaled_linear")),
+                                      prediction_type=record.get("prediction_type", "epsilon"))
     text = sd.pretrained.load_pretrained("miniclip")[0].text_model.float().eval()
     vae = sd.pretrained.load_pretrained("vae_f4")[0].eval()
     judge = sd.pretrained.load_pretrained("judge")[0].eval()
@@ -47,7 +53,7 @@ def main() -> None:
             start = time.perf_counter()
             prompts = blank if scale == "uncond" else scenes
             result = sd.guidance.adherence(unet, text, vae, judge, prompts, guidance_scale=1.0 if scale == "uncond"
-                                           else scale, num_inference_steps=args.steps,
+                                           else scale, num_inference_steps=args.steps, sampler=sampler,
                                            generator=torch.Generator().manual_seed(0))
             result = {k: round(v, 3) for k, v in result.items()}
             print(f"{name:>14} s={scale}: {result} ({time.perf_counter() - start:.0f} s)", flush=True)

@@ -21,10 +21,13 @@ model again, with the current judge, and update its record; nothing is trained).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -160,28 +163,45 @@ def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} pairs/s, {result.seconds:.0f} s")
 
 
+def _encoded_scenes(vae, n: int, seed: int, device) -> sd.text_unet.LatentScenes:
+    """`sd.text_unet.encode_scenes`, kept in build/ between runs (keyed by n, seed and the VAE's weights)."""
+    weights = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in vae.parameters())).hexdigest()
+    cache = Path(f"build/latent-scenes-{n}-{seed}-{weights[:12]}.pt")
+    if cache.exists():
+        return sd.text_unet.LatentScenes(**torch.load(cache))
+    data = sd.text_unet.encode_scenes(vae, n, generator=torch.Generator(device).manual_seed(seed))
+    cache.parent.mkdir(exist_ok=True)
+    torch.save(dataclasses.asdict(data), cache.with_suffix(".tmp"))
+    cache.with_suffix(".tmp").replace(cache)
+    return data
+
+
 def train_text_unet(name: str, recipe: TextUNetRecipe, args: argparse.Namespace) -> None:
     device = sd.pick_device()
     config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
     vae = sd.pretrained.load_pretrained("vae_f4", device=device)[0]
     text = sd.pretrained.load_pretrained("miniclip", device=device)[0].text_model.float().eval()
     start = time.perf_counter()
-    data = sd.text_unet.encode_scenes(vae, recipe.scenes, generator=torch.Generator(device).manual_seed(recipe.seed))
+    data = _encoded_scenes(vae, recipe.scenes, recipe.seed, device)
     encoding = time.perf_counter() - start
     with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
-        unet = sd.text_unet.make_text_unet(block_out_channels=recipe.block_out_channels,
+        unet = sd.text_unet.make_text_unet(block_out_channels=recipe.block_out_channels, attention=recipe.attention,
                                            cross_attention_dim=text.config.hidden_size,
                                            attention_head_dim=recipe.attention_head_dim).to(device)
     print(f"{name}: {sd.unet.count_parameters(unet):,} parameters, {len(data)} scenes encoded in {encoding:.0f} s\n"
           f"{config}")
     loss = functools.partial(sd.text_unet.text_unet_loss, schedule=sd.NoiseSchedule(recipe.schedule),
-                             text_encoder=text, caption_dropout=recipe.caption_dropout)
-    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=Path(f"build/{name}-run.safetensors"),
-                          resume=True, desc=name)
+                             text_encoder=text, caption_dropout=recipe.caption_dropout,
+                             prediction_type=recipe.prediction_type, snr_gamma=recipe.snr_gamma)
+    run = Path(args.out).name if args.out else name  # parallel trial runs keep their own checkpoints
+    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=Path(f"build/{run}-run.safetensors"),
+                          resume=True, desc=run)
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
     info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": recipe.scenes,
             "scene_settings": dict(sd.data.SCENES), "caption_dropout": recipe.caption_dropout,
-            "schedule": recipe.schedule, "weights": "ema", "final_loss": round(final, 5),
+            "schedule": recipe.schedule, "prediction_type": recipe.prediction_type,
+            "snr_gamma": recipe.snr_gamma, "recipe": dataclasses.asdict(recipe), "weights": "ema",
+            "final_loss": round(final, 5),
             "losses": [round(x, 5) for x in result.losses[::10]], "trained_on": _machine(device),
             "encoding_seconds": round(encoding, 1), "seconds": round(result.seconds, 1),
             "images_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
@@ -206,18 +226,39 @@ def rescore_vae(name: str) -> None:
     print(f"re-scored {name}: PSNR {info['psnr_db']} dB, agreement {info['agreement']}")
 
 
+UNSHIPPED = {"text_unet": TextUNetRecipe()}  # trained with --out until their weights ship
+
+
+def _field(item: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
+    name, sep, text = item.partition("=")
+    if not sep:
+        parser.error(f"--set takes FIELD=VALUE; got {item!r}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return name, tuple(value) if isinstance(value, list) else value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=sorted(REGISTRY))
+    parser.add_argument("name", choices=sorted({*REGISTRY, *UNSHIPPED}))
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--rescore", action="store_true", help="autoencoders: re-measure the shipped model only")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change one field of the recipe (a JSON value or a string), e.g. --set snr_gamma=5")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = REGISTRY[args.name].recipe
+    recipe = REGISTRY[args.name].recipe if args.name in REGISTRY else UNSHIPPED[args.name]
+    if args.set:
+        recipe = dataclasses.replace(recipe, **dict(_field(item, parser) for item in args.set))
+        print(recipe)
+    if args.name not in REGISTRY and not args.out:
+        parser.error(f"{args.name} is not shipped yet: say where to write it with --out")
     if args.rescore:
         if not isinstance(recipe, VAERecipe):
             parser.error("--rescore is for the autoencoders (vae_f4, vae_f8)")

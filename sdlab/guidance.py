@@ -22,7 +22,7 @@ from sdlab.unet import predict_noise
 from sdlab.validation import number_in_range
 
 __all__ = ["MAX_GUIDANCE_SCALE", "check_guidance_scale", "classifier_free_guidance", "guided_noise", "generate",
-           "adherence"]
+           "adherence", "diversity", "guidance_sweep"]
 
 MAX_GUIDANCE_SCALE = 30.0  # far past any useful value: pictures saturate long before
 
@@ -134,3 +134,69 @@ def adherence(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, judge: n
     images = torch.cat([generate(unet, text_encoder, vae, captions[i : i + batch_size], guidance_scale=guidance_scale,
                                  **options) for i in range(0, len(captions), batch_size)])
     return judge_accuracy(judge, scenes, images)
+
+
+def diversity(features: torch.Tensor, per_prompt: int) -> float:
+    """How different the pictures of one prompt are: the mean distance between their feature vectors.
+
+    Args:
+        features: (n · per_prompt, D), the pictures of each prompt next to each other
+            (``sd.judge.features`` of ``generate([p0, p0, p1, p1, ...])``).
+        per_prompt: pictures per prompt (≥ 2).
+
+    Returns:
+        The mean Euclidean distance over all pairs of pictures of the same prompt, averaged over prompts.
+    """
+    from sdlab.validation import int_in_range
+
+    per_prompt = int_in_range(per_prompt, "per_prompt", 2)
+    if features.dim() != 2 or features.shape[0] % per_prompt:
+        raise ValueError(f"features must be (n · {per_prompt}, D); got {tuple(features.shape)}")
+    groups = features.double().reshape(-1, per_prompt, features.shape[1])
+    distances = torch.cdist(groups, groups)  # (n, k, k), zero on the diagonal
+    return (distances.sum((1, 2)) / (per_prompt * (per_prompt - 1))).mean().item()
+
+
+def guidance_sweep(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, judge: nn.Module, scenes, *,
+                   scales, reference, per_prompt: int = 2, seed: int = 0, progress: bool = True,
+                   **options) -> list[dict]:
+    """Adherence, diversity and quality of the pictures of ``scenes``' captions at each guidance scale.
+
+    Args:
+        scenes: a ``SceneBatch``; each caption is a prompt, ``per_prompt`` times; its labels are the truth.
+        scales: guidance scales ≥ 1, and ``"uncond"`` for the unconditional model (prompt ``""``,
+            judged against the same captions: the chance level).
+        reference: real scenes (a ``SceneBatch``, as many as pictures) for the Fréchet distance.
+        seed: the same starting noise at every scale, so that the rows differ by the scale alone.
+        options: for `generate` (``num_inference_steps``, ``sampler``, ``batch_size`` of `adherence`...).
+
+    Returns:
+        One dict per scale: ``{"scale", <attribute>: adherence, "all", "diversity", "frechet"}``;
+        diversity is `diversity` of the judge's features, frechet the Fréchet distance of those
+        features to the reference's (``sd.evaluate.frechet_distance``).
+    """
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    from sdlab.evaluate import frechet_distance
+    from sdlab.judge import features, judge_accuracy
+
+    repeat = torch.arange(len(scenes.captions)).repeat_interleave(per_prompt)
+    prompts = [scenes.captions[i] for i in repeat.tolist()]
+    truth = replace(scenes, images=scenes.images[repeat], masks=scenes.masks[repeat], captions=prompts,
+                    **{k: v[repeat] for k, v in scenes.labels.items()})
+    batch_size = options.pop("batch_size", 100)
+    real = features(judge, reference.images)
+    rows = []
+    for scale in tqdm(list(scales), desc="guidance scales", disable=not progress):
+        unconditional = scale == "uncond"
+        chosen = [""] * len(prompts) if unconditional else prompts
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.cat([generate(unet, text_encoder, vae, chosen[i : i + batch_size], generator=generator,
+                                     guidance_scale=1.0 if unconditional else scale, **options)
+                            for i in range(0, len(chosen), batch_size)])
+        seen = features(judge, images)
+        rows.append({"scale": scale, **judge_accuracy(judge, truth, images),
+                     "diversity": diversity(seen, per_prompt), "frechet": frechet_distance(seen, real)})
+    return rows

@@ -26,7 +26,7 @@ from sdlab.random import rand, randint, randn_tensor, seeded_global_rng
 from sdlab.validation import number_in_range, positive_int
 
 __all__ = ["ATTRIBUTES", "AttributeJudge", "degrade", "judge_batch", "judge_loss", "train_judge", "predict",
-           "judge_accuracy", "agreement", "describe"]
+           "judge_accuracy", "agreement", "describe", "features"]
 
 ATTRIBUTES = {"animal": ANIMALS, "colour": COLOURS, "background": COLOURS, "size": SIZES, "position": POSITIONS}
 
@@ -126,6 +126,20 @@ def predict(judge: AttributeJudge, images: torch.Tensor, *, batch_size: int = 50
     device = next(judge.parameters()).device
     parts = [judge(chunk.to(device).clamp(-1, 1)) for chunk in images.split(batch_size)]
     return {name: torch.cat([p[name] for p in parts]).argmax(1).cpu() for name in ATTRIBUTES}
+
+
+@torch.no_grad()
+def features(judge: AttributeJudge, images: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
+    """The judge's view of each image as a vector: its last feature map, averaged over positions, (B, 4·width).
+
+    What the Fréchet distance and the diversity of chapter 6 compare (as FID uses an Inception
+    network's pooled features); float32 on the CPU.
+    """
+    judge.eval()
+    device = next(judge.parameters()).device
+    body = judge.convs[:-2]  # the convolutions, without the flattening and dropout of the heads
+    return torch.cat([body(chunk.to(device).clamp(-1, 1)).mean((2, 3)).float().cpu()
+                      for chunk in images.split(batch_size)])
 
 
 def judge_accuracy(judge: AttributeJudge, scenes: SceneBatch, images: torch.Tensor | None = None

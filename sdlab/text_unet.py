@@ -33,27 +33,34 @@ __all__ = ["make_text_unet", "check_text_states", "LatentScenes", "encode_scenes
 
 def make_text_unet(*, cross_attention_dim: int = 128, block_out_channels: tuple[int, ...] = (32, 64, 64),
                    sample_size: int = 16, latent_channels: int = 4, attention_head_dim: int = 8,
-                   **config) -> UNet2DConditionModel:
+                   attention: tuple[bool, ...] | None = None, **config) -> UNet2DConditionModel:
     """A fresh ``UNet2DConditionModel`` in the course's configuration, Stable Diffusion's layout made small.
 
-    Every level but the lowest has a transformer block (self-attention, then cross-attention to the
-    text, then a feed-forward layer) after its resnet, as Stable Diffusion 1's has; so has the middle.
+    A level with attention has a transformer block (self-attention, then cross-attention to the
+    text, then a feed-forward layer) after each resnet, as Stable Diffusion 1's levels have; so has
+    the middle, always.
 
     Args:
         cross_attention_dim: the width of the token states it reads (mini-CLIP's text tower: 128).
         block_out_channels: the width of each level; each level but the last halves the resolution.
         sample_size: latent side (chapter 5's factor-4 latents of 64 × 64 scenes: 16).
         attention_head_dim: channels per attention head.
+        attention: per level, whether it attends (default: every level but the lowest, Stable
+            Diffusion 1's choice; ``(False, True, True)`` spares the costly full-resolution level).
         config: any other ``UNet2DConditionModel`` argument (``layers_per_block``, ``norm_num_groups`` ...).
     """
     channels = tuple(positive_int(c, "block_out_channels") for c in block_out_channels)
     n = len(channels)
+    attention = tuple(attention) if attention is not None else (True,) * (n - 1) + (False,)
+    if len(attention) != n or not all(isinstance(a, bool) for a in attention):
+        raise ValueError(f"attention must hold one True/False per level ({n}); got {attention!r}")
     settings = dict(sample_size=positive_int(sample_size, "sample_size"), in_channels=latent_channels,
                     out_channels=latent_channels, layers_per_block=1, norm_num_groups=8,
                     cross_attention_dim=positive_int(cross_attention_dim, "cross_attention_dim"),
                     attention_head_dim=positive_int(attention_head_dim, "attention_head_dim"))
-    return UNet2DConditionModel(down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    return UNet2DConditionModel(down_block_types=down, up_block_types=up,
                                 block_out_channels=channels, **{**settings, **config})
 
 
@@ -148,12 +155,14 @@ def _empty_prompt_ids() -> torch.Tensor:
 
 
 def text_unet_loss(unet: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None,
-                   *, schedule: NoiseSchedule, text_encoder: nn.Module, caption_dropout: float = 0.1) -> torch.Tensor:
-    """The ε-prediction loss of one batch of ``LatentScenes.batch``, with caption dropout.
+                   *, schedule: NoiseSchedule, text_encoder: nn.Module, caption_dropout: float = 0.1,
+                   prediction_type: str = "epsilon", snr_gamma: float | None = None) -> torch.Tensor:
+    """The diffusion loss of one batch of ``LatentScenes.batch``, with caption dropout.
 
     Each caption is replaced by the empty prompt ``""`` with probability ``caption_dropout``; the
     (frozen) ``text_encoder`` encodes the result, and the U-Net predicts the noise of the noised
-    latents from those token states (``sd.train.diffusion_loss``).
+    latents from those token states (``sd.train.diffusion_loss``, whose ``prediction_type`` and
+    ``snr_gamma`` pass through).
     """
     from sdlab.train import diffusion_loss
 
@@ -165,4 +174,5 @@ def text_unet_loss(unet: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], ge
     ids = torch.where(dropped[:, None], empty, ids.to(device))
     states = encode_prompts(text_encoder, ids)
     check_text_states(unet, states)
-    return diffusion_loss(unet, schedule, latents, generator=generator, cond={"encoder_hidden_states": states})
+    return diffusion_loss(unet, schedule, latents, generator=generator, cond={"encoder_hidden_states": states},
+                          prediction_type=prediction_type, snr_gamma=snr_gamma)

@@ -48,6 +48,14 @@ def test_the_course_configuration_is_stable_diffusion_s_layout_made_small():
     assert out.sample.shape == (2, 4, 16, 16)
 
 
+def test_attention_can_skip_the_full_resolution_level():
+    unet = sd.text_unet.make_text_unet(attention=(False, True, True))
+    assert unet.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    assert unet.config.up_block_types == ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    with pytest.raises(ValueError, match=r"one True/False per level \(3\)"):
+        sd.text_unet.make_text_unet(attention=(True, True))
+
+
 def test_mismatched_token_states_get_a_message_that_says_what_to_change():
     unet = tiny_unet(16)
     with pytest.raises(ValueError, match=r"32 wide but .* reads 16-wide .* make_text_unet\(cross_attention_dim=32\)"):
@@ -172,3 +180,46 @@ def test_adherence_judges_the_pictures_against_the_captions(monkeypatch):
         (len(prompts), kw["guidance_scale"])) or torch.stack([by_caption[p] for p in prompts]))
     perfect = sd.guidance.adherence(unet, text, vae, judge, scenes, guidance_scale=4, batch_size=2)
     assert perfect == sd.judge.judge_accuracy(judge, scenes) and asked == [(2, 4), (2, 4), (1, 4)]
+
+
+def test_diversity_is_the_mean_distance_within_each_prompt():
+    features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0]])  # prompt 0: distance 5; prompt 1: 0
+    assert sd.guidance.diversity(features, 2) == pytest.approx(2.5)
+    three = torch.tensor([[0.0], [1.0], [3.0]])  # pairs 1, 3, 2
+    assert sd.guidance.diversity(three, 3) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match=r"\(n · 2, D\)"):
+        sd.guidance.diversity(torch.zeros(3, 2), 2)
+    with pytest.raises(ValueError, match="per_prompt"):
+        sd.guidance.diversity(torch.zeros(4, 2), 1)
+
+
+def test_judge_features_are_the_pooled_last_map():
+    judge = sd.judge.AttributeJudge(width=8).eval()
+    images = sd.data.make_scenes(3, **sd.data.SCENES, generator=g(4)).images
+    f = sd.judge.features(judge, images, batch_size=2)
+    assert f.shape == (3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(f, judge.convs[:-2](images).mean((2, 3)))
+
+
+def test_guidance_sweep_reports_every_scale_with_the_same_starting_noise(monkeypatch):
+    unet, text, vae = tiny_unet(), tiny_text_encoder(), tiny_vae()
+    judge = sd.judge.AttributeJudge(width=8).eval()
+    scenes = sd.data.make_scenes(3, **sd.data.SCENES, generator=g(2))
+    reference = sd.data.make_scenes(6, **sd.data.SCENES, generator=g(3))
+    calls = []
+    real_generate = sd.guidance.generate
+
+    def spy(u, t, v, prompts, **kw):
+        calls.append((list(prompts), kw["guidance_scale"], kw["generator"].initial_seed()))
+        return real_generate(u, t, v, prompts, **kw)
+
+    monkeypatch.setattr(sd.guidance, "generate", spy)
+    rows = sd.guidance.guidance_sweep(unet, text, vae, judge, scenes, scales=["uncond", 1, 3], reference=reference,
+                                      per_prompt=2, seed=5, num_inference_steps=2, progress=False)
+    assert [r["scale"] for r in rows] == ["uncond", 1, 3]
+    for r in rows:
+        assert set(r) == {"scale", *sd.judge.ATTRIBUTES, "all", "diversity", "frechet"}
+        assert r["diversity"] > 0 and r["frechet"] >= 0
+    repeated = [c for c in scenes.captions for _ in range(2)]
+    assert calls == [([""] * 6, 1.0, 5), (repeated, 1, 5), (repeated, 3, 5)]
