@@ -4,12 +4,13 @@ Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
 ``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
 ``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.pretrained``,
 ``sd.random``, ``sd.samplers``, ``sd.evaluate``, ``sd.tokenizer``, ``sd.captions``, ``sd.clip``, ``sd.hub``,
-``sd.judge``, ``sd.vae``, ``sd.text_unet``, ``sd.guidance``.
+``sd.judge``, ``sd.vae``, ``sd.text_unet``, ``sd.guidance``, ``sd.attention``.
 The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
 
 from sdlab import (
+    attention,
     captions,
     checkpoints,
     checks,
@@ -41,6 +42,7 @@ from sdlab.unet import UNet, UNetConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "attention",
     "captions",
     "checkpoints",
     "checks",

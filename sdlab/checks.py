@@ -415,12 +415,13 @@ def check_ddim_step(fn: Callable[[torch.Tensor, int, torch.Tensor, int, torch.Te
 __all__ += ["check_similarity_matrix", "check_contrastive_loss"]
 
 
-def _ch4_miss(got: torch.Tensor, expected: torch.Tensor, slips: list[tuple[str, torch.Tensor]], what: str) -> None:
-    """Raise with the slip ``got`` matches (or how far off it is), unless it is right."""
-    if _same(got, expected, 1e-6):
+def _ch4_miss(got: torch.Tensor, expected: torch.Tensor, slips: list[tuple[str, torch.Tensor]], what: str, *,
+              tol: float = 1e-6) -> None:
+    """Raise with the slip ``got`` matches (or how far off it is), unless it is right (within ``tol``)."""
+    if _same(got, expected, tol):
         return
     for hint, wrong in slips:
-        if _same(got, wrong, 1e-6):
+        if _same(got, wrong, tol):
             raise ExerciseError(f"{what}: {hint}")
     if got.shape != expected.shape:
         raise ExerciseError(f"{what} should have shape {tuple(expected.shape)}; got {tuple(got.shape)}")
@@ -560,3 +561,91 @@ def check_kl_divergence(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     got = _call(fn, mean.clone(), logvar.clone())
     _ch4_miss(got, total(per_number), slips, "the KL divergence")
     return _passed("KL divergence")
+
+
+# ----------------------------------------------------------------------------- chapter 6: guidance, attention
+
+__all__ += ["check_classifier_free_guidance", "check_cross_attention_head"]
+
+FLOAT32_TOL = 1e-4  # the graded inputs are float32: a right float32 answer is off by ~1e-6 times the scale
+
+
+def check_classifier_free_guidance(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor], *,
+                                   seed: int = 0) -> bool:
+    """Check ``fn(noise_uncond, noise_cond, scale) -> guided``: ε̂_uncond + s · (ε̂_cond − ε̂_uncond).
+
+    Graded on float32 batches of two shapes and on several scales; the inputs must come back unchanged.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for shape, scale in (((2, 4, 3, 3), 7.5), ((3, 4, 2, 5), 3.0), ((1, 4, 4, 4), 1.0), ((2, 4, 2, 2), 12.5)):
+        uncond = torch.randn(shape, generator=g)
+        cond = uncond + 0.5 * torch.randn(shape, generator=g)
+        kept = uncond.clone(), cond.clone()
+        got = _call(fn, uncond, cond, scale)
+        if not (torch.equal(uncond, kept[0]) and torch.equal(cond, kept[1])):
+            raise ExerciseError("your function changed its inputs in place; compute a new tensor instead")
+        u, c = kept[0].double(), kept[1].double()
+        expected = u + scale * (c - u)
+        slips = [
+            ("the guidance points the wrong way: start from the unconditional prediction and move towards "
+             "the conditional one", u - scale * (c - u)),
+            ("the guidance points the wrong way: it starts from the conditional prediction and moves towards "
+             "the unconditional one (the weights 1 − s and s are swapped)", c + scale * (u - c)),
+            ("the scale multiplies the unconditional prediction; it should multiply the difference "
+             "(conditional − unconditional)", scale * u + (c - u)),
+            ("the scale multiplies the conditional prediction alone; it multiplies the difference "
+             "(conditional − unconditional), added to the unconditional one", u + scale * c),
+            ("you returned s · ε̂_cond: the unconditional prediction is the starting point", scale * c),
+            ("the scale is ignored: you returned the conditional prediction", c),
+            ("the scale is ignored: you returned the unconditional prediction", u),
+            ("you averaged the two predictions: guidance extrapolates past the conditional one",
+             scale * (u + c) / 2),
+        ]
+        if scale == 1.0:
+            slips = [(hint, wrong) for hint, wrong in slips if "ignored: you returned the conditional" not in hint]
+        _ch4_miss(got, expected, slips, f"at scale {scale}, the guided prediction", tol=FLOAT32_TOL)
+    return _passed("classifier-free guidance")
+
+
+def check_cross_attention_head(fn: Callable[..., torch.Tensor], *, seed: int = 0) -> bool:
+    """Check ``fn(x, states, w_q, w_k, w_v) -> out (B, N, d)``: softmax(Q Kᵀ / √d) V for one head.
+
+    The reference is diffusers' own ``Attention`` (one head, the output projection the identity)
+    on the same weights; graded on two shapes, float32.
+    """
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    g = torch.Generator().manual_seed(seed)
+    for batch, positions, tokens, width, token_width in ((2, 6, 5, 8, 12), (3, 4, 7, 8, 10)):
+        attn = Attention(query_dim=width, cross_attention_dim=token_width, heads=1, dim_head=width)
+        attn.set_processor(AttnProcessor())
+        with torch.no_grad():
+            for layer in (attn.to_q, attn.to_k, attn.to_v):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.6)
+            attn.to_out[0].weight.copy_(torch.eye(width))
+            attn.to_out[0].bias.zero_()
+        x = torch.randn(batch, positions, width, generator=g)
+        states = torch.randn(batch, tokens, token_width, generator=g)
+        w_q, w_k, w_v = (layer.weight.T.clone() for layer in (attn.to_q, attn.to_k, attn.to_v))
+        with torch.no_grad():
+            expected = attn.eval()(x, encoder_hidden_states=states).double()
+        got = _call(fn, x.clone(), states.clone(), w_q, w_k, w_v)
+        q, k, v = (t.double() for t in (x @ w_q, states @ w_k, states @ w_v))
+        scores = q @ k.transpose(1, 2)
+        slips = [
+            ("the softmax runs over the wrong axis: each position's weights must sum to 1 over the tokens "
+             "(the last axis of Q Kᵀ)", torch.softmax(scores / width**0.5, dim=1) @ v),
+            ("the 1/√d scaling is missing: divide Q Kᵀ by the square root of the head width",
+             torch.softmax(scores, dim=-1) @ v),
+            ("you divided by d; the scaling is 1/√d", torch.softmax(scores / width, dim=-1) @ v),
+            ("you scaled by the token states' width; d is the head width (the queries' last axis)",
+             torch.softmax(scores / token_width**0.5, dim=-1) @ v),
+            ("the softmax is missing: the weights must be positive and sum to 1", scores / width**0.5 @ v),
+            ("keys and values are swapped: keys are compared with the queries, values are mixed",
+             torch.softmax(q @ v.transpose(1, 2) / width**0.5, dim=-1) @ k),
+            ("you returned the attention weights; multiply them by the values",
+             torch.softmax(scores / width**0.5, dim=-1)),
+        ]
+        _ch4_miss(got, expected, slips, f"for {positions} positions reading {tokens} tokens, the head's output",
+                  tol=FLOAT32_TOL)
+    return _passed("cross-attention head")
