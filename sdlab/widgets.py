@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from sdlab.images import to_numpy_image
 from sdlab.validation import is_integer, number_in_range
 
-__all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "animate", "PromptBox", "prompt_box", "tokens_html",
+__all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "slider_player", "animate", "PromptBox", "prompt_box", "tokens_html",
            "token_box"]
 
 _PANEL_PIXELS = 192  # each panel is drawn about this many pixels wide (a whole multiple of the image)
@@ -310,13 +310,36 @@ def timestep_player(
     Returns:
         A TimestepPlayer; display it (last line of a cell) to get the slider or the player.
     """
+    return _slider(render, _check_values(values), label=label, title=title, interval_ms=interval_ms)
+
+
+def slider_player(
+    render: Callable[[float], Any],
+    values: Sequence[float],
+    *,
+    label: str,
+    title: str | None = None,
+    interval_ms: int = 300,
+) -> TimestepPlayer:
+    """`timestep_player` over any numbers, e.g. guidance scales ``[1, 2, 3, 5, 7.5]``: a slider live, a player static.
+
+    Args:
+        render: ``render(value) -> image``, called once per value. values: the slider positions.
+        label: the slider's name (frames are titled "{label}={value}"). title, interval_ms: as `timestep_player`.
+    """
+    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
+        raise TypeError(f"values must be a non-empty sequence of numbers such as [1, 3, 7.5]; got {values!r}")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise TypeError(f"values must all be numbers; got {bad[0]!r} ({type(bad[0]).__name__})")
+    return _slider(render, list(values), label=label, title=title, interval_ms=interval_ms)
+
+
+def _slider(render: Callable, values: list, *, label: str, title: str | None, interval_ms: int) -> TimestepPlayer:
     if not callable(render):
         raise TypeError(f"render must be a function value -> image; got {type(render).__name__}")
-    values = _check_values(values)
     interval_ms = _check_interval(interval_ms)
-    frames = []
-    for v in values:
-        frames.append([to_numpy_image(render(v), name=f"render({v})")])
+    frames = [[to_numpy_image(render(v), name=f"render({v})")] for v in values]
     _check_same_layout(frames)
     titles = [f"{label}={v}" if title is None else f"{title}\n{label}={v}" for v in values]
     player = FramePlayer(frames, titles=titles, interval_ms=interval_ms)

@@ -228,3 +228,15 @@ def test_token_box_shows_pieces_and_ids():
     assert "7 tokens (of 77 places)" in table
     assert "only the first 77" in tokens_html("cat " * 80)
     assert "photo" in token_box("a photo")._repr_mimebundle_()["text/html"]
+
+
+def test_slider_player_takes_guidance_scales():
+    from sdlab.widgets import slider_player
+
+    player = slider_player(lambda s: torch.full((3, 8, 8), s / 10 - 1), [1, 2.5, 7.5], label="s")
+    assert player.values == [1, 2.5, 7.5] and player.player.titles == ["s=1", "s=2.5", "s=7.5"]
+    assert "<script" in player.to_html()
+    with pytest.raises(TypeError, match="must all be numbers; got True"):
+        slider_player(lambda s: torch.zeros(3, 8, 8), [1, True], label="s")
+    with pytest.raises(TypeError, match="non-empty sequence"):
+        slider_player(lambda s: torch.zeros(3, 8, 8), [], label="s")
