@@ -87,21 +87,20 @@ def generate(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, prompts: 
         prompts: one prompt per picture.
         guidance_scale: s ≥ 1 (1: no guidance). negative_prompt: replaces the empty prompt of the
             unconditional branch.
-        num_inference_steps: denoising steps. sampler: a sampler with diffusers' protocol (default: the
-            course's DDIM on the scaled-linear schedule of Stable Diffusion and of the course's U-Net).
+        num_inference_steps: denoising steps. sampler: a sampler with diffusers' protocol (default:
+            `sdlab.text_unet.latent_sampler`, DDIM as the shipped U-Net was trained for).
         generator: seeds the starting latents (and a stochastic sampler's steps).
 
     Returns:
         (B, 3, H, W) pictures in [−1, 1].
     """
-    from sdlab.samplers import DDIMSampler, sample
-    from sdlab.schedules import NoiseSchedule
-    from sdlab.text_unet import encode_prompts
+    from sdlab.samplers import sample
+    from sdlab.text_unet import encode_prompts, latent_sampler
     from sdlab.vae import decode
 
     scale = check_guidance_scale(guidance_scale)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    sampler = sampler or DDIMSampler(NoiseSchedule("scaled_linear"))
+    sampler = sampler or latent_sampler()
     device = next(unet.parameters()).device
     cond = encode_prompts(text_encoder, prompts).to(device)
     uncond = encode_prompts(text_encoder, [negative_prompt]).to(device)

@@ -10,15 +10,18 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import FrozenDict
 
 from sdlab.schedules import NoiseSchedule
 from sdlab.validation import as_int, int_in_range, is_real_number, one_of
 
-__all__ = ["PredictionType", "StepOutput", "predict_original_sample", "predict_epsilon", "SamplerBase"]
+__all__ = ["PredictionType", "TimestepSpacing", "StepOutput", "predict_original_sample", "predict_epsilon",
+           "SamplerBase"]
 
 PredictionType = Literal["epsilon", "v_prediction"]
+TimestepSpacing = Literal["leading", "trailing"]
 
 
 class StepOutput(NamedTuple):
@@ -97,7 +100,7 @@ class SamplerBase:
     init_noise_sigma = 1.0  # x_T ~ N(0, I): the loop's starting noise needs no scaling
 
     def __init__(self, schedule: NoiseSchedule, *, prediction_type: PredictionType, clip_sample: bool,
-                 steps_offset: int = 0) -> None:
+                 steps_offset: int = 0, timestep_spacing: TimestepSpacing = "leading") -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a sdlab NoiseSchedule; got {type(schedule).__name__}")
         _check_prediction_type(prediction_type)
@@ -110,6 +113,7 @@ class SamplerBase:
         self.prediction_type = prediction_type
         self.clip_sample = clip_sample
         self.steps_offset = steps_offset
+        self.timestep_spacing = one_of(timestep_spacing, "timestep_spacing", TimestepSpacing)
         self.num_inference_steps: int | None = None
         self.timesteps: torch.Tensor | None = None
         self.final_alpha_cumprod = 1.0  # ᾱ "before" the first timestep: a clean image
@@ -119,7 +123,7 @@ class SamplerBase:
         """The settings that rebuild this sampler, under diffusers' names (read-only)."""
         return FrozenDict({**self.schedule.diffusers_config(), "prediction_type": self.prediction_type,
                            "clip_sample": self.clip_sample, "steps_offset": self.steps_offset,
-                           "timestep_spacing": "leading", **self._own_config()})
+                           "timestep_spacing": self.timestep_spacing, **self._own_config()})
 
     def _own_config(self) -> dict[str, Any]:
         return {}
@@ -133,15 +137,21 @@ class SamplerBase:
         return cls(schedule, **{k: v for k, v in values.items() if k in names})
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Choose n evenly spaced timesteps, t = k · (T // n) + steps_offset for k = n−1, …, 0 ("leading").
+        """Choose n evenly spaced timesteps, as diffusers' DDPM and DDIM schedulers do.
 
+        "leading": t = k · (T // n) + steps_offset for k = n−1, …, 0 (the first step is below T − 1).
+        "trailing": t = round(T − k · T / n) − 1 for k = 0, …, n−1, so that sampling starts at the
+        last timestep T − 1 (Lin et al. 2024, table 2); ``steps_offset`` does not apply.
         ``timesteps`` becomes an int64 tensor of shape (n,) on ``device`` (default: the CPU).
         """
         T = self.num_train_timesteps
         num_inference_steps = as_int(num_inference_steps, "num_inference_steps")
         if not 1 <= num_inference_steps <= T:
             raise ValueError(f"num_inference_steps must lie in [1, {T}] for this schedule; got {num_inference_steps}")
-        timesteps = torch.arange(num_inference_steps - 1, -1, -1) * (T // num_inference_steps) + self.steps_offset
+        if self.timestep_spacing == "trailing":
+            timesteps = torch.from_numpy(np.round(np.arange(T, 0, -T / num_inference_steps)).astype(np.int64)) - 1
+        else:
+            timesteps = torch.arange(num_inference_steps - 1, -1, -1) * (T // num_inference_steps) + self.steps_offset
         if int(timesteps[0]) >= T:
             raise ValueError(f"steps_offset={self.steps_offset} with {num_inference_steps} steps reaches "
                              f"t = {int(timesteps[0])}, past the last timestep {T - 1}")

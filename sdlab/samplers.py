@@ -5,7 +5,8 @@ Vocabulary and defaults follow diffusers (`set_timesteps`, `timesteps`,
 `DDIMSampler` give the same numbers as `diffusers.DDPMScheduler` and
 `diffusers.DDIMScheduler` built from `schedule.diffusers_config()`:
 
-- timestep spacing "leading" with steps_offset 0: t = k · (T // n) for k = n−1, …, 0;
+- timestep spacing "leading" with steps_offset 0: t = k · (T // n) for k = n−1, …, 0
+  ("trailing", which starts at T − 1, for schedules whose last step is pure noise);
 - clip_sample=True: x̂0 is clamped to [−1, 1] (images live there; turn it off for latents);
 - DDPM: variance "fixed_small" (β̃_t), no noise at the last step (t = 0);
 - DDIM: set_alpha_to_one=True (ᾱ before the first step is 1) and ε̂ is the model's own
@@ -32,7 +33,14 @@ import torch
 from tqdm.auto import tqdm
 
 from sdlab.random import Generators, randn_tensor
-from sdlab.sampler_base import PredictionType, SamplerBase, StepOutput, predict_epsilon, predict_original_sample
+from sdlab.sampler_base import (
+    PredictionType,
+    SamplerBase,
+    StepOutput,
+    TimestepSpacing,
+    predict_epsilon,
+    predict_original_sample,
+)
 from sdlab.schedules import NoiseSchedule
 from sdlab.validation import is_integer, number_in_range, one_of
 
@@ -75,9 +83,10 @@ class DDPMSampler(SamplerBase):
         clip_sample: bool = True,
         variance_type: VarianceType = "fixed_small",
         steps_offset: int = 0,
+        timestep_spacing: TimestepSpacing = "leading",
     ) -> None:
         super().__init__(schedule, prediction_type=prediction_type, clip_sample=clip_sample,
-                         steps_offset=steps_offset)
+                         steps_offset=steps_offset, timestep_spacing=timestep_spacing)
         self.variance_type = one_of(variance_type, "variance_type", VarianceType)
 
     def _own_config(self) -> dict[str, Any]:
@@ -146,9 +155,10 @@ class DDIMSampler(SamplerBase):
         clip_sample: bool = True,
         set_alpha_to_one: bool = True,
         steps_offset: int = 0,
+        timestep_spacing: TimestepSpacing = "leading",
     ) -> None:
         super().__init__(schedule, prediction_type=prediction_type, clip_sample=clip_sample,
-                         steps_offset=steps_offset)
+                         steps_offset=steps_offset, timestep_spacing=timestep_spacing)
         self.eta = number_in_range(eta, "eta", 0, 1)
         # ᾱ "before" the first timestep: 1 (a clean image) or ᾱ_0 (diffusers' set_alpha_to_one).
         self.set_alpha_to_one = set_alpha_to_one

@@ -28,7 +28,7 @@ from sdlab.schedules import NoiseSchedule
 from sdlab.validation import number_in_range, positive_int
 
 __all__ = ["make_text_unet", "check_text_states", "LatentScenes", "encode_scenes", "encode_prompts",
-           "text_unet_loss"]
+           "text_unet_loss", "latent_sampler"]
 
 
 def make_text_unet(*, cross_attention_dim: int = 128, block_out_channels: tuple[int, ...] = (32, 64, 64),
@@ -176,3 +176,16 @@ def text_unet_loss(unet: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], ge
     check_text_states(unet, states)
     return diffusion_loss(unet, schedule, latents, generator=generator, cond={"encoder_hidden_states": states},
                           prediction_type=prediction_type, snr_gamma=snr_gamma)
+
+
+def latent_sampler(schedule: str = "cosine", prediction_type: str = "v_prediction", **options):
+    """DDIM set up for latents as chapter 6's U-Net needs it (the defaults are its training recipe's).
+
+    x̂0 is not clipped (latents do not live in [−1, 1]); timesteps are "trailing", so that sampling
+    starts at t = T − 1, where the cosine schedule leaves no signal (ᾱ ≈ 2e-9) and the noise one
+    starts from is what the network was trained to see there. ``options`` go to ``DDIMSampler``.
+    """
+    from sdlab.samplers import DDIMSampler
+
+    return DDIMSampler(NoiseSchedule(schedule), prediction_type=prediction_type,
+                       **{"clip_sample": False, "timestep_spacing": "trailing", **options})

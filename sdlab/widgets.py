@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from sdlab.images import to_numpy_image
 from sdlab.validation import is_integer, number_in_range
 
-__all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "slider_player", "animate", "PromptBox", "prompt_box", "tokens_html",
-           "token_box"]
+__all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "slider_player", "animate", "PromptBox", "prompt_box",
+           "tokens_html", "token_box"]
 
 _PANEL_PIXELS = 192  # each panel is drawn about this many pixels wide (a whole multiple of the image)
 _GAP = 4  # pixels around and between panels

@@ -372,3 +372,26 @@ def test_bad_loop_arguments(schedules):
     with pytest.raises(TypeError, match="sampler must be a sdlab sampler or a diffusers scheduler; "
                                         "NoiseSchedule lacks set_timesteps, step"):
         sample(fake_model, SHAPE, sampler=schedules["linear"], num_inference_steps=2, progress=False)
+
+
+@pytest.mark.parametrize("n", [1, 7, 20, 30, 50])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_trailing_spacing_matches_diffusers_ddim(n, prediction_type):
+    schedule = NoiseSchedule("cosine")
+    ours = DDIMSampler(schedule, prediction_type=prediction_type, clip_sample=False, timestep_spacing="trailing")
+    theirs = DDIMScheduler.from_config(ours.config)
+    assert theirs.config.timestep_spacing == "trailing"
+    ours.set_timesteps(n)
+    theirs.set_timesteps(n)
+    assert torch.equal(ours.timesteps, theirs.timesteps) and int(ours.timesteps[0]) == 999
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    a, b = x.clone(), x.clone()
+    for t in ours.timesteps:
+        output = torch.randn(2, 4, 8, 8, generator=g)
+        a = ours.step(output, t, a).prev_sample
+        b = theirs.step(output, t, b).prev_sample
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert DDIMSampler.from_config(ours.config).timestep_spacing == "trailing"
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        DDIMSampler(schedule, timestep_spacing="linspace")

@@ -223,3 +223,11 @@ def test_guidance_sweep_reports_every_scale_with_the_same_starting_noise(monkeyp
         assert r["diversity"] > 0 and r["frechet"] >= 0
     repeated = [c for c in scenes.captions for _ in range(2)]
     assert calls == [([""] * 6, 1.0, 5), (repeated, 1, 5), (repeated, 3, 5)]
+
+
+def test_the_latent_sampler_starts_from_pure_noise_and_does_not_clip():
+    sampler = sd.text_unet.latent_sampler()
+    sampler.set_timesteps(20)
+    assert int(sampler.timesteps[0]) == 999 and sampler.alphas_cumprod[999] < 1e-8
+    assert sampler.config["clip_sample"] is False and sampler.config["prediction_type"] == "v_prediction"
+    assert sd.text_unet.latent_sampler("scaled_linear", "epsilon", eta=1.0).config["eta"] == 1.0
