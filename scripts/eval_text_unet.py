@@ -1,18 +1,20 @@
-"""Prompt adherence of chapter 6's shipped U-Net against guidance scale, on held-out and seen animal-colour pairs.
+"""Prompt adherence, diversity and quality of chapter 6's U-Net against guidance scale, held-out and seen pairs.
 
-    .venv/bin/python scripts/eval_text_unet.py                     # 100 prompts per set, scales 1, 3, 7.5
-    .venv/bin/python scripts/eval_text_unet.py --n 200 --scales 1 2 3 5 7.5 10 15
-    .venv/bin/python scripts/eval_text_unet.py --unet build/text_unet_pilot   # a folder not (yet) shipped
+    .venv/bin/python scripts/eval_text_unet.py                       # 100 prompts per set, 2 pictures each
+    .venv/bin/python scripts/eval_text_unet.py --n 200 --scales uncond 1 3 7.5
+    .venv/bin/python scripts/eval_text_unet.py --unet build/tu_trial   # a folder not (yet) shipped
 
-Each prompt is the canonical caption of a scene ("a small red cat on the left, blue background");
-the judge (`sdlab.judge`) reads the generated picture back. "uncond" generates from the empty prompt
-at scale 1 and is judged against the same captions: the chance level of an unconditional model.
+Each prompt is the canonical caption of a test scene ("a small red cat on the left, blue background"),
+painted ``--per-prompt`` times; the judge (`sdlab.judge`) reads the pictures back
+(`sd.guidance.guidance_sweep`). "uncond" paints from the empty prompt and is judged against the same
+captions: the chance level. Diversity is the mean distance between the judge's features of the
+pictures of one prompt; "Fréchet" the Fréchet distance of their features to as many real test scenes.
+``--json`` writes the rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,14 +23,18 @@ import torch
 
 import sdlab as sd
 
+SCALES = ["uncond", "1", "2", "3", "5", "7.5", "10", "15"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 7.5])
+    parser.add_argument("--n", type=int, default=100, help="prompts per set")
+    parser.add_argument("--per-prompt", type=int, default=2)
+    parser.add_argument("--scales", nargs="+", default=SCALES)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--unet", default="text_unet", help="a shipped name or a save_pretrained folder")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.unet in sd.pretrained.names():
@@ -43,19 +49,27 @@ def main() -> None:
     text = sd.pretrained.load_pretrained("miniclip")[0].text_model.float().eval()
     vae = sd.pretrained.load_pretrained("vae_f4")[0].eval()
     judge = sd.pretrained.load_pretrained("judge")[0].eval()
-    for held_out in ("only", "exclude"):
+    scales = [s if s == "uncond" else float(s) for s in args.scales]
+    out = {"unet": args.unet, "n": args.n, "per_prompt": args.per_prompt, "steps": args.steps, "sets": {}}
+    for held_out, name in (("only", "held-out pairs"), ("exclude", "seen pairs")):
         scenes = sd.data.make_scenes(args.n, **sd.data.SCENES, split="test", held_out=held_out,
                                      generator=torch.Generator().manual_seed(21))
-        name = "held-out pairs" if held_out == "only" else "seen pairs"
-        blank = dataclasses.replace(scenes, captions=[""] * args.n)  # the unconditional model, same truth
-        for scale in ["uncond", *args.scales]:
-            start = time.perf_counter()
-            prompts = blank if scale == "uncond" else scenes
-            result = sd.guidance.adherence(unet, text, vae, judge, prompts, guidance_scale=1.0 if scale == "uncond"
-                                           else scale, num_inference_steps=args.steps, sampler=sampler,
-                                           generator=torch.Generator().manual_seed(0))
-            result = {k: round(v, 3) for k, v in result.items()}
-            print(f"{name:>14} s={scale}: {result} ({time.perf_counter() - start:.0f} s)", flush=True)
+        reference = sd.data.make_scenes(args.n * args.per_prompt, **sd.data.SCENES, split="test",
+                                        held_out=held_out, generator=torch.Generator().manual_seed(22))
+        start = time.perf_counter()
+        rows = sd.guidance.guidance_sweep(unet, text, vae, judge, scenes, scales=scales, reference=reference,
+                                          per_prompt=args.per_prompt, sampler=sampler,
+                                          num_inference_steps=args.steps)
+        print(f"{name}: {args.n} prompts x {args.per_prompt}, {args.steps} DDIM steps "
+              f"({time.perf_counter() - start:.0f} s)")
+        print(f"{'scale':>7} " + " ".join(f"{a:>10}" for a in [*sd.judge.ATTRIBUTES, "all"])
+              + f" {'diversity':>9} {'Fréchet':>8}")
+        for r in rows:
+            print(f"{r['scale']:>7} " + " ".join(f"{r[a]:>10.3f}" for a in [*sd.judge.ATTRIBUTES, "all"])
+                  + f" {r['diversity']:>9.3f} {r['frechet']:>8.2f}", flush=True)
+        out["sets"][name] = rows
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -183,9 +183,11 @@ def latent_sampler(schedule: str = "cosine", prediction_type: str = "v_predictio
 
     x̂0 is not clipped (latents do not live in [−1, 1]); timesteps are "trailing", so that sampling
     starts at t = T − 1, where the cosine schedule leaves no signal (ᾱ ≈ 2e-9) and the noise one
-    starts from is what the network was trained to see there. ``options`` go to ``DDIMSampler``.
+    starts from is what the network was trained to see there. ``steps_offset=1`` changes nothing with
+    trailing timesteps but is what diffusers' pipelines expect (they warn otherwise). ``options`` go to
+    ``DDIMSampler``.
     """
     from sdlab.samplers import DDIMSampler
 
     return DDIMSampler(NoiseSchedule(schedule), prediction_type=prediction_type,
-                       **{"clip_sample": False, "timestep_spacing": "trailing", **options})
+                       **{"clip_sample": False, "timestep_spacing": "trailing", "steps_offset": 1, **options})

@@ -231,3 +231,21 @@ def test_the_latent_sampler_starts_from_pure_noise_and_does_not_clip():
     assert int(sampler.timesteps[0]) == 999 and sampler.alphas_cumprod[999] < 1e-8
     assert sampler.config["clip_sample"] is False and sampler.config["prediction_type"] == "v_prediction"
     assert sd.text_unet.latent_sampler("scaled_linear", "epsilon", eta=1.0).config["eta"] == 1.0
+
+
+@pytest.mark.parametrize("scale, negative", [(1.0, ""), (3.0, ""), (7.5, "a green bird")])
+def test_generate_agrees_with_diffusers_stable_diffusion_pipeline(scale, negative):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    unet, text, vae = tiny_unet(), tiny_text_encoder(), tiny_vae()
+    sampler = sd.text_unet.latent_sampler()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=sd.tokenizer.load_tokenizer(), unet=unet,
+                                   scheduler=DDIMScheduler.from_config(sampler.config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red cat on the left", "a large blue dog"]
+    ours = sd.guidance.generate(unet, text, vae, prompts, guidance_scale=scale, negative_prompt=negative,
+                                num_inference_steps=4, sampler=sampler, generator=g(3))
+    theirs = pipe(prompts, negative_prompt=[negative] * 2 if negative else None, guidance_scale=scale, height=64,
+                  width=64, num_inference_steps=4, generator=g(3), output_type="pt").images
+    torch.testing.assert_close(ours / 2 + 0.5, theirs, atol=2e-4, rtol=0)
