@@ -82,3 +82,14 @@ def test_only_solutions_are_folded_away(path):
     for cell in nbformat.read(path, as_version=4).cells:
         if "hide-input" in cell.metadata.get("tags", []):
             assert grader(cell).get("solution"), f"a folded cell that is not a solution: {cell.source[:60]!r}"
+
+
+CODE_WIDTH = 80  # characters of code that fit the website's 688-px column (notebooks/ruff.toml formats to 79)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_fits_the_website_column(path):
+    nb = nbformat.read(path, as_version=4)
+    long = [(i, line) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for line in cell.source.splitlines() if len(line) > CODE_WIDTH]
+    assert not long, f"{path.name}: {len(long)} code lines are wider than {CODE_WIDTH} characters, e.g. {long[0]}"
