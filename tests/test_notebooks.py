@@ -93,3 +93,19 @@ def test_code_fits_the_website_column(path):
     long = [(i, line) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
             for line in cell.source.splitlines() if len(line) > CODE_WIDTH]
     assert not long, f"{path.name}: {len(long)} code lines are wider than {CODE_WIDTH} characters, e.g. {long[0]}"
+
+
+def _setting(pattern: str, text: str) -> str:
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no match for {pattern!r}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_colab_set_up_cell_installs_this_repository_and_the_pinned_silhouettes(path):
+    url = _setting(r"^\s+url:\s*(\S+)", (ROOT / "_config.yml").read_text())  # "the one place" naming the repository
+    pin = _setting(r"^(animal-mnist==\S+)", (ROOT / "requirements-nodeps.txt").read_text())
+    first = nbformat.read(path, as_version=4).cells[0]
+    assert first.cell_type == "code" and "google.colab" in first.source, f"{path.name}: cell 0 is not the set-up cell"
+    assert f'"sdlab @ git+{url}"' in first.source, f"{path.name}: the set-up cell does not install {url}"
+    assert f"--no-deps {pin}" in first.source, f"{path.name}: the set-up cell does not install {pin}"
