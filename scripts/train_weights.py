@@ -163,17 +163,20 @@ def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} pairs/s, {result.seconds:.0f} s")
 
 
-def _encoded_scenes(vae, n: int, seed: int, device) -> sd.text_unet.LatentScenes:
-    """`sd.text_unet.encode_scenes`, kept in build/ between runs (keyed by n, seed and the VAE's weights)."""
+def _encoded_scenes(vae, n: int, seed: int, device) -> tuple[sd.text_unet.LatentScenes, float]:
+    """`sd.text_unet.encode_scenes` and its seconds, kept in build/ between runs (keyed by n, seed, VAE weights)."""
     weights = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in vae.parameters())).hexdigest()
     cache = Path(f"build/latent-scenes-{n}-{seed}-{weights[:12]}.pt")
     if cache.exists():
-        return sd.text_unet.LatentScenes(**torch.load(cache))
+        stored = torch.load(cache)
+        return sd.text_unet.LatentScenes(**stored["data"]), stored["seconds"]
+    start = time.perf_counter()
     data = sd.text_unet.encode_scenes(vae, n, generator=torch.Generator(device).manual_seed(seed))
+    seconds = time.perf_counter() - start
     cache.parent.mkdir(exist_ok=True)
-    torch.save(dataclasses.asdict(data), cache.with_suffix(".tmp"))
+    torch.save({"data": dataclasses.asdict(data), "seconds": seconds}, cache.with_suffix(".tmp"))
     cache.with_suffix(".tmp").replace(cache)
-    return data
+    return data, seconds
 
 
 def train_text_unet(name: str, recipe: TextUNetRecipe, args: argparse.Namespace) -> None:
@@ -181,9 +184,7 @@ def train_text_unet(name: str, recipe: TextUNetRecipe, args: argparse.Namespace)
     config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
     vae = sd.pretrained.load_pretrained("vae_f4", device=device)[0]
     text = sd.pretrained.load_pretrained("miniclip", device=device)[0].text_model.float().eval()
-    start = time.perf_counter()
-    data = _encoded_scenes(vae, recipe.scenes, recipe.seed, device)
-    encoding = time.perf_counter() - start
+    data, encoding = _encoded_scenes(vae, recipe.scenes, recipe.seed, device)  # seconds of the first encoding
     with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
         unet = sd.text_unet.make_text_unet(block_out_channels=recipe.block_out_channels, attention=recipe.attention,
                                            cross_attention_dim=text.config.hidden_size,
@@ -226,7 +227,7 @@ def rescore_vae(name: str) -> None:
     print(f"re-scored {name}: PSNR {info['psnr_db']} dB, agreement {info['agreement']}")
 
 
-UNSHIPPED = {"text_unet": TextUNetRecipe()}  # trained with --out until their weights ship
+UNSHIPPED: dict[str, Any] = {}  # recipes trained with --out until their weights ship
 
 
 def _field(item: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:

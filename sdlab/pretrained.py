@@ -139,7 +139,7 @@ class TextUNetRecipe:
 
     block_out_channels: tuple[int, ...] = (48, 96, 96)  # 3.8 M parameters, 51 images/s on one CPU thread
     attention: tuple[bool, ...] = (False, True, True)  # none at 16x16: 2.5x faster (scripts/bench_text_unet.py)
-    attention_head_dim: int = 8
+    attention_head_dim: int = 8  # diffusers' name for the number of heads (8, as Stable Diffusion 1)
     scenes: int = 30_000  # captioned scenes encoded once by vae_f4 (`sdlab.text_unet.encode_scenes`)
     caption_dropout: float = 0.1
     # ᾱ_T ≈ 0 (the cosine schedule) with v-prediction: under scaled_linear the last step keeps enough
@@ -201,6 +201,8 @@ REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
             VAERecipe(factor=4, steps=4000), format="folder"),
     Shipped("vae_f8", 5, "autoencoder, factor 8: 64×64×3 scenes ↔ 8×8×4 latents", "diffusers.AutoencoderKL",
             VAERecipe(factor=8, steps=1500), format="folder"),
+    Shipped("text_unet", 6, "text-conditioned U-Net: 16×16×4 latents + mini-CLIP token states → v",
+            "diffusers.UNet2DConditionModel", TextUNetRecipe(), format="folder"),
 ]}
 
 

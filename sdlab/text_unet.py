@@ -44,7 +44,9 @@ def make_text_unet(*, cross_attention_dim: int = 128, block_out_channels: tuple[
         cross_attention_dim: the width of the token states it reads (mini-CLIP's text tower: 128).
         block_out_channels: the width of each level; each level but the last halves the resolution.
         sample_size: latent side (chapter 5's factor-4 latents of 64 × 64 scenes: 16).
-        attention_head_dim: channels per attention head.
+        attention_head_dim: despite its name, the number of heads of every attention layer (a
+            naming slip diffusers keeps for compatibility; Stable Diffusion 1 sets 8). Each head
+            is then (level width) / 8 channels wide.
         attention: per level, whether it attends (default: every level but the lowest, Stable
             Diffusion 1's choice; ``(False, True, True)`` spares the costly full-resolution level).
         config: any other ``UNet2DConditionModel`` argument (``layers_per_block``, ``norm_num_groups`` ...).

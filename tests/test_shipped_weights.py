@@ -95,3 +95,62 @@ def test_shipped_autoencoders_load_with_diffusers_and_reach_their_recorded_quali
     if name == "vae_f4":  # the chapter's goals (issue 10): 28 dB, and every attribute survives 98 % of round trips
         assert info["psnr_db"] >= 28 and min(info["agreement"].values()) >= 0.98, info
 
+
+
+def test_the_shipped_text_unet_loads_with_plain_diffusers_where_sdlab_cannot_be_imported(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    folder = REGISTRY["text_unet"].path
+    script = f"""
+import sys
+sys.modules["sdlab"] = None  # any import of sdlab now fails
+import torch
+from diffusers import UNet2DConditionModel
+unet = UNet2DConditionModel.from_pretrained({str(folder)!r}, low_cpu_mem_usage=False).eval()
+c = unet.config
+x = torch.zeros(2, c.in_channels, c.sample_size, c.sample_size)
+states = torch.zeros(2, 77, c.cross_attention_dim)
+with torch.no_grad():
+    out = unet(x, torch.tensor([10, 900]), encoder_hidden_states=states).sample
+print(tuple(out.shape), c.cross_attention_dim)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "128" and "(2, 4, 16, 16)" in done.stdout
+    info = json.loads((folder / "sdlab_record.json").read_text())
+    recipe = REGISTRY["text_unet"].recipe
+    assert info["steps"] == recipe.steps and info["schedule"] == recipe.schedule and info["weights"] == "ema"
+    assert info["prediction_type"] == recipe.prediction_type
+    assert tuple(info["recipe"]["block_out_channels"]) == recipe.block_out_channels == unet_channels(folder)
+
+
+def unet_channels(folder):
+    import json
+
+    return tuple(json.loads((folder / "config.json").read_text())["block_out_channels"])
+
+
+def test_the_shipped_text_unet_reads_mini_clip_s_token_states():
+    unet = load_pretrained("text_unet")[0]
+    text = load_pretrained("miniclip")[0].text_model
+    states = sd.text_unet.encode_prompts(text, ["a small red cat on the left, blue background"])
+    sd.text_unet.check_text_states(unet, states)  # the widths match
+    assert unet.config.cross_attention_dim == text.config.hidden_size == 128
+
+
+def test_the_shipped_text_unet_follows_prompts_it_never_saw():
+    # Issue 11's bar is 90 % on animal and colour; the shipped model meets it for colour (and background, size,
+    # position) but not for the animal (65 % at s = 2, scripts/eval_text_unet.py). These floors, below what it
+    # reaches on 40 held-out prompts, catch a model that stops following its prompts.
+    unet, record = load_pretrained("text_unet")
+    text = load_pretrained("miniclip")[0].text_model.float().eval()
+    vae, judge = load_pretrained("vae_f4")[0], load_pretrained("judge")[0]
+    scenes = sd.data.make_scenes(40, **sd.data.SCENES, split="test", held_out="only",
+                                 generator=torch.Generator().manual_seed(5))
+    sampler = sd.text_unet.latent_sampler(record["schedule"], record["prediction_type"])
+    result = sd.guidance.adherence(unet.eval(), text, vae.eval(), judge.eval(), scenes, guidance_scale=3.0,
+                                   sampler=sampler, num_inference_steps=20, generator=torch.Generator().manual_seed(0))
+    floors = {"animal": 0.4, "colour": 0.85, "background": 0.9, "size": 0.9, "position": 0.9}
+    assert all(result[k] >= v for k, v in floors.items()), result
