@@ -4,7 +4,7 @@ Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
 ``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
 ``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.pretrained``,
 ``sd.random``, ``sd.samplers``, ``sd.evaluate``, ``sd.tokenizer``, ``sd.captions``, ``sd.clip``, ``sd.hub``,
-``sd.judge``, ``sd.vae``, ``sd.text_unet``, ``sd.guidance``, ``sd.attention``.
+``sd.judge``, ``sd.vae``, ``sd.text_unet``, ``sd.guidance``, ``sd.attention``, ``sd.pipeline``.
 The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
@@ -21,6 +21,7 @@ from sdlab import (
     hub,
     images,
     judge,
+    pipeline,
     plotting,
     pretrained,
     random,
@@ -53,6 +54,7 @@ __all__ = [
     "hub",
     "images",
     "judge",
+    "pipeline",
     "plotting",
     "pretrained",
     "random",

@@ -235,12 +235,12 @@ def test_the_latent_sampler_starts_from_pure_noise_and_does_not_clip():
 
 @pytest.mark.parametrize("scale, negative", [(1.0, ""), (3.0, ""), (7.5, "a green bird")])
 def test_generate_agrees_with_diffusers_stable_diffusion_pipeline(scale, negative):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     unet, text, vae = tiny_unet(), tiny_text_encoder(), tiny_vae()
     sampler = sd.text_unet.latent_sampler()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=sd.tokenizer.load_tokenizer(), unet=unet,
-                                   scheduler=DDIMScheduler.from_config(sampler.config), safety_checker=None,
+                                   scheduler=sd.pipeline.make_scheduler(sampler), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     prompts = ["a red cat on the left", "a large blue dog"]
