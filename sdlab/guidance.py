@@ -129,10 +129,16 @@ def adherence(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, judge: n
     """
     from sdlab.judge import judge_accuracy
 
-    captions = list(scenes.captions)
-    images = torch.cat([generate(unet, text_encoder, vae, captions[i : i + batch_size], guidance_scale=guidance_scale,
-                                 **options) for i in range(0, len(captions), batch_size)])
+    images = _generate_in_batches(unet, text_encoder, vae, list(scenes.captions), batch_size=batch_size,
+                                  guidance_scale=guidance_scale, **options)
     return judge_accuracy(judge, scenes, images)
+
+
+def _generate_in_batches(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, prompts: list[str], *,
+                         batch_size: int, **options) -> torch.Tensor:
+    """`generate` over ``prompts`` ``batch_size`` at a time (one generator carries on across batches)."""
+    return torch.cat([generate(unet, text_encoder, vae, prompts[i : i + batch_size], **options)
+                      for i in range(0, len(prompts), batch_size)])
 
 
 def diversity(features: torch.Tensor, per_prompt: int) -> float:
@@ -191,10 +197,9 @@ def guidance_sweep(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, jud
     for scale in tqdm(list(scales), desc="guidance scales", disable=not progress):
         unconditional = scale == "uncond"
         chosen = [""] * len(prompts) if unconditional else prompts
-        generator = torch.Generator().manual_seed(seed)
-        images = torch.cat([generate(unet, text_encoder, vae, chosen[i : i + batch_size], generator=generator,
-                                     guidance_scale=1.0 if unconditional else scale, **options)
-                            for i in range(0, len(chosen), batch_size)])
+        images = _generate_in_batches(unet, text_encoder, vae, chosen, batch_size=batch_size,
+                                      generator=torch.Generator().manual_seed(seed),
+                                      guidance_scale=1.0 if unconditional else scale, **options)
         seen = features(judge, images)
         rows.append({"scale": scale, **judge_accuracy(judge, truth, images),
                      "diversity": diversity(seen, per_prompt), "frechet": frechet_distance(seen, real)})

@@ -21,7 +21,7 @@ from matplotlib.animation import FuncAnimation
 from matplotlib.figure import Figure
 
 from sdlab.images import to_numpy_image
-from sdlab.validation import is_integer, number_in_range
+from sdlab.validation import is_integer, is_real_number, number_in_range
 
 __all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "slider_player", "animate", "PromptBox", "prompt_box",
            "tokens_html", "token_box"]
@@ -329,7 +329,7 @@ def slider_player(
     """
     if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
         raise TypeError(f"values must be a non-empty sequence of numbers such as [1, 3, 7.5]; got {values!r}")
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+    bad = [v for v in values if not is_real_number(v)]
     if bad:
         raise TypeError(f"values must all be numbers; got {bad[0]!r} ({type(bad[0]).__name__})")
     return _slider(render, list(values), label=label, title=title, interval_ms=interval_ms)
