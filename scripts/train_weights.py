@@ -38,6 +38,7 @@ from sdlab.pretrained import (
     CLIPRecipe,
     DiffusionRecipe,
     JudgeRecipe,
+    PipelineRecipe,
     TextUNetRecipe,
     VAERecipe,
     replace_folder,
@@ -216,6 +217,19 @@ def train_text_unet(name: str, recipe: TextUNetRecipe, args: argparse.Namespace)
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} images/s, {result.seconds:.0f} s")
 
 
+def build_pipeline(name: str, recipe: PipelineRecipe, args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    pipe = sd.pipeline.assemble()
+    records = {part: sd.pretrained.load_pretrained(part)[1] for part in recipe.parts}
+    seconds = time.perf_counter() - start
+    info = {"parts": {part: {k: record.get(k) for k in ("date", "steps", "seconds", "trained_on")}
+                      for part, record in records.items()},
+            "seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%d")}
+    out = sd.pipeline.save_pipeline(pipe, args.out or REGISTRY[name].path, info=info)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB) in {seconds:.0f} s")
+
+
 def rescore_vae(name: str) -> None:
     path = REGISTRY[name].path
     vae, info = sd.pretrained.load_pretrained(name)
@@ -274,6 +288,8 @@ def main() -> None:
         train_vae(args.name, recipe, args)
     elif isinstance(recipe, TextUNetRecipe):
         train_text_unet(args.name, recipe, args)
+    elif isinstance(recipe, PipelineRecipe):
+        build_pipeline(args.name, recipe, args)
     else:
         train_judge(args.name, recipe, args)
 

@@ -4,16 +4,32 @@ Each part already is a library class: chapter 4's ``CLIPTokenizer`` and ``CLIPTe
 5's ``AutoencoderKL`` and chapter 6's ``UNet2DConditionModel``. The scheduler is diffusers' own
 ``DDIMScheduler``, configured from the course's sampler (``sdlab.text_unet.latent_sampler``), so
 that it knows what the U-Net predicts. Saved with ``save_pretrained``, the folder loads with plain
-diffusers and transformers where ``sdlab`` is not installed.
+diffusers and transformers where ``sdlab`` is not installed; the course ships it as ``mini_sd``:
+
+    >>> pipe = sd.pipeline.load_pipeline()                 # a StableDiffusionPipeline
+    >>> pipe("a small red cat on the left, blue background", height=64, width=64).images[0]
+
+:func:`paint` is the same generation written out as a readable loop (tokenize, encode, random
+latents, guided denoising, decode); for the same seed and settings it gives the pipeline's picture.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["make_scheduler", "assemble", "save_pipeline"]
+__all__ = ["SCHEDULERS", "make_scheduler", "assemble", "save_pipeline", "load_pipeline", "swap_scheduler",
+           "image_to_image", "paint"]
+
+# The diffusers schedulers the shipped U-Net runs with, without retraining: each is built from the
+# DDIM configuration, so it inherits the schedule, the prediction type and the trailing timesteps.
+SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
 
 
 def make_scheduler(sampler=None):
@@ -54,10 +70,181 @@ def assemble(*, device: torch.device | str | None = None):
     return pipe
 
 
-def save_pipeline(pipe, folder: str | Path) -> Path:
-    """Write ``pipe`` with ``save_pretrained`` (safetensors) into ``folder``, whole or not at all."""
-    from sdlab.pretrained import replace_folder
+def save_pipeline(pipe, folder: str | Path, *, text_encoder_dtype: torch.dtype = torch.float16,
+                  info: dict | None = None) -> Path:
+    """Write ``pipe`` with ``save_pretrained`` (safetensors) into ``folder``, whole or not at all.
 
-    folder = Path(folder)
-    replace_folder(folder, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
-    return folder
+    Args:
+        text_encoder_dtype: how the text encoder's weights are stored. Chapter 4 ships them in
+            float16 already, so float16 loses nothing and halves the largest file (its 49 408-token
+            embedding table); its config still says float32, so loaders give a float32 model.
+        info: a training record, written as ``sdlab_record.json`` beside ``model_index.json``.
+    """
+    from sdlab.pretrained import RECORD_FILE, replace_folder
+
+    def write(tmp: Path) -> None:
+        text_encoder = pipe.text_encoder
+        pipe.text_encoder = copy.deepcopy(text_encoder).to(text_encoder_dtype)
+        try:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            pipe.text_encoder = text_encoder
+        config_file = tmp / "text_encoder" / "config.json"
+        config = json.loads(config_file.read_text())
+        for key in ("dtype", "torch_dtype"):  # transformers 5 writes "dtype", 4 "torch_dtype"
+            if key in config:
+                config[key] = "float32"
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if info is not None:
+            (tmp / RECORD_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+    return replace_folder(Path(folder), write)
+
+
+def load_pipeline(*, device: torch.device | str | None = None):
+    """The shipped ``mini_sd`` pipeline (a ``StableDiffusionPipeline``, float32, progress bar off)."""
+    from sdlab.pretrained import load_pretrained
+
+    return load_pretrained("mini_sd", device=device)[0]
+
+
+def swap_scheduler(pipe, name: str):
+    """A copy of ``pipe`` that samples with another diffusers scheduler (``SCHEDULERS``), built from its config.
+
+    The U-Net is shared, not copied: nothing is retrained, only the rule that turns its
+    predictions into steps changes. DPM-Solver++ is second order; Euler starts from noise scaled
+    by its largest σ (``init_noise_sigma``), which the loop handles like every other step.
+    """
+    import diffusers
+
+    from sdlab.validation import one_of
+
+    cls = getattr(diffusers, SCHEDULERS[one_of(name, "scheduler", tuple(SCHEDULERS))])
+    options = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
+    swapped = copy.copy(pipe)
+    swapped.register_modules(scheduler=cls.from_config(pipe.scheduler.config, **options))
+    return swapped
+
+
+def image_to_image(pipe):
+    """``pipe``'s components as a ``StableDiffusionImg2ImgPipeline`` (the same modules, nothing copied)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+    img2img.set_progress_bar_config(disable=True)
+    return img2img
+
+
+def _prompts(prompt: str | list[str]) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompt must be a string or a non-empty list of strings; got {prompt!r}")
+    return prompts
+
+
+def _start_image(image: Any, batch: int, multiple: int) -> torch.Tensor:
+    """The image-to-image start as (1 or B, 3, H, W) in [−1, 1]: a PIL image, or a tensor in [−1, 1]."""
+    from sdlab.images import to_tensor
+
+    x = image if isinstance(image, torch.Tensor) else to_tensor(image.convert("RGB"), name="image")
+    x = x[None] if x.dim() == 3 else x
+    if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"image must be a PIL image or a float (3, H, W) or (B, 3, H, W) tensor in [-1, 1]; "
+                         f"got {tuple(x.shape)} {x.dtype}")
+    if x.shape[-1] % multiple or x.shape[-2] % multiple:
+        raise ValueError(f"image sides must be multiples of {multiple} (the autoencoder's factor); got "
+                         f"{tuple(x.shape[-2:])}")
+    if x.min() < -1 - 1e-6 or x.max() > 1 + 1e-6:
+        raise ValueError(f"image must hold values in [-1, 1]; got [{x.min():.3g}, {x.max():.3g}] "
+                         "(a [0, 1] tensor becomes x * 2 - 1)")
+    if x.shape[0] not in (1, batch):
+        raise ValueError(f"image holds {x.shape[0]} pictures for {batch} prompts: give one, or one per prompt")
+    return x
+
+
+@torch.no_grad()
+def paint(pipe, prompt: str | list[str], *, negative_prompt: str = "", guidance_scale: float = 7.5,
+          num_inference_steps: int = 20, generator: torch.Generator | None = None, height: int | None = None,
+          width: int | None = None, image: Any = None, strength: float = 0.8, eta: float = 0.0,
+          on_step: Callable[[int, torch.Tensor, Any], None] | None = None) -> torch.Tensor:
+    """Stable Diffusion's generation as one readable loop, over any ``StableDiffusionPipeline``'s parts.
+
+    For the same seed, scheduler and settings the picture equals ``pipe(...)``'s (and, with
+    ``image``, ``StableDiffusionImg2ImgPipeline``'s); the only difference is the range of the result.
+
+    Args:
+        pipe: supplies the tokenizer, text encoder, U-Net, VAE and scheduler (the course's
+            ``load_pipeline()``, or real Stable Diffusion).
+        prompt: one prompt or a list (one picture each). negative_prompt: the unconditional branch's prompt.
+        guidance_scale: s ≥ 1; at exactly 1 the unconditional branch is skipped.
+        num_inference_steps: denoising steps. generator: seeds the latents (and a stochastic step).
+        height, width: of the pictures (default: the U-Net's sample size times the VAE's factor).
+        image: start from this picture instead of pure noise (image-to-image): a PIL image or a
+            tensor in [−1, 1]. strength: how much of the schedule to run from it, in (0, 1]:
+            1 repaints from pure noise, small values keep the layout.
+        eta: DDIM's noise (0: deterministic). on_step: called as ``on_step(i, t, scheduler_output)``
+            after every step (``.pred_original_sample`` is x̂0 for DDIM).
+
+    Returns:
+        (B, 3, H, W) pictures in [−1, 1] (the pipeline's ``output_type="pt"`` gives x / 2 + 0.5).
+    """
+    from sdlab.guidance import check_guidance_scale
+    from sdlab.random import randn_tensor
+    from sdlab.validation import int_in_range, number_in_range
+
+    tokenizer, text_encoder, unet, vae, scheduler = (pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae,
+                                                      pipe.scheduler)
+    prompts, scale = _prompts(prompt), check_guidance_scale(guidance_scale)
+    steps = int_in_range(num_inference_steps, "num_inference_steps", 1, scheduler.config.num_train_timesteps)
+    device, factor = unet.device, 2 ** (len(vae.config.block_out_channels) - 1)
+
+    # 1. The words: token ids (padded to 77), then the text encoder's token states.
+    def encode(texts: list[str]) -> torch.Tensor:
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        return text_encoder(ids.to(device))[0].to(unet.dtype)
+
+    cond = encode(prompts)
+    uncond = encode([negative_prompt] * len(prompts)) if scale > 1 else None
+
+    # 2. The canvas: random latents, or a picture's latents noised to the step we start from.
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = scheduler.timesteps
+    if image is None:
+        size = (height or unet.config.sample_size * factor, width or unet.config.sample_size * factor)
+        if size[0] % factor or size[1] % factor:
+            raise ValueError(f"height and width must be multiples of {factor}; got {size}")
+        shape = (len(prompts), unet.config.in_channels, size[0] // factor, size[1] // factor)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)
+        latents = latents * scheduler.init_noise_sigma
+    else:
+        strength = number_in_range(strength, "strength", 0.0, 1.0, low_open=True)
+        start = steps - min(int(steps * strength), steps)
+        if start == steps:
+            raise ValueError(f"strength {strength} runs no step of {steps}: raise strength or num_inference_steps")
+        timesteps = timesteps[start * scheduler.order:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start * scheduler.order)
+        pixels = _start_image(image, len(prompts), factor).to(device, vae.dtype)
+        clean = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
+        clean = clean.expand(len(prompts), -1, -1, -1)  # one picture for every prompt: encoded once
+        noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+        latents = scheduler.add_noise(clean, noise, timesteps[:1].repeat(len(prompts)))
+
+    # 3. The painting: at each step the U-Net predicts twice (without and with the words), guided.
+    states = cond if uncond is None else torch.cat([uncond, cond])
+    accepts = set(inspect.signature(scheduler.step).parameters)
+    step_options = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepts}
+    for i, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(latents if uncond is None else torch.cat([latents] * 2), t)
+        prediction = unet(model_input, t, encoder_hidden_states=states).sample
+        if uncond is not None:
+            unconditional, conditional = prediction.chunk(2)
+            prediction = unconditional + scale * (conditional - unconditional)
+        out = scheduler.step(prediction, t, latents, **step_options)
+        latents = out.prev_sample
+        if on_step is not None:
+            on_step(i, t, out)
+
+    # 4. The reveal: undo the latent scaling, decode once.
+    return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)

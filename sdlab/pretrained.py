@@ -30,7 +30,7 @@ from sdlab.checkpoints import _TRAINING_PREFIXES, WEIGHTS_DIR, CheckpointError, 
 from sdlab.data import make_scenes, make_silhouette_batch
 from sdlab.unet import UNetConfig
 
-__all__ = ["DiffusionRecipe", "ClassifierRecipe", "JudgeRecipe", "CLIPRecipe", "VAERecipe",
+__all__ = ["DiffusionRecipe", "ClassifierRecipe", "JudgeRecipe", "CLIPRecipe", "VAERecipe", "PipelineRecipe",
            "Shipped", "REGISTRY", "names", "load_pretrained",
            "save_pretrained", "RECORD_FILE", "replace_folder"]
 
@@ -161,6 +161,13 @@ class TextUNetRecipe:
 
 
 @dataclass(frozen=True)
+class PipelineRecipe:
+    """How chapter 7's pipeline is put together: shipped parts, nothing trained (`sdlab.pipeline.assemble`)."""
+
+    parts: tuple[str, ...] = ("miniclip", "vae_f4", "text_unet")
+
+
+@dataclass(frozen=True)
 class Shipped:
     """One shipped model: what it is, what trains it, and where its file is (under ``sdlab/weights``)."""
 
@@ -203,6 +210,8 @@ REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
             VAERecipe(factor=8, steps=1500), format="folder"),
     Shipped("text_unet", 6, "text-conditioned U-Net: 16×16×4 latents + mini-CLIP token states → v",
             "diffusers.UNet2DConditionModel", TextUNetRecipe(), format="folder"),
+    Shipped("mini_sd", 7, "the course's Stable Diffusion: its tokenizer, text encoder, VAE, U-Net and DDIM",
+            "diffusers.StableDiffusionPipeline", PipelineRecipe(), format="folder"),
 ]}
 
 
@@ -316,6 +325,8 @@ def _load_folder(path: Path, entry: Shipped) -> tuple[nn.Module, dict]:
     # diffusers asks for `accelerate` unless told plainly not to use its low-memory loading
     options = {"low_cpu_mem_usage": False} if entry.model_class.startswith("diffusers.") else {}
     model = _resolve(entry.model_class).from_pretrained(path, local_files_only=True, **options)
+    if hasattr(model, "set_progress_bar_config"):  # a pipeline
+        model.set_progress_bar_config(disable=True)
     record = path / RECORD_FILE
     info = json.loads(record.read_text()) if record.is_file() else {}
     return model, info
@@ -331,7 +342,7 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: torch.device | s
 
     Returns:
         ``(model in eval mode, float32, on device; info)``: info is the training record (settings,
-        losses, time, machine) stored with the weights.
+        losses, time, machine) stored with the weights. ``"mini_sd"`` gives a ``StableDiffusionPipeline``.
 
     Raises:
         KeyError: an unknown name. CheckpointError: the file is missing, corrupt, or not shipped weights.
@@ -344,6 +355,8 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: torch.device | s
         model, info = _load_file(Path(name), None)
     else:
         _entry(name)  # raises: an unknown name
+    if not isinstance(model, nn.Module):  # a pipeline: its parts are float32 modules in eval mode already
+        return model.to(device or "cpu"), info
     return model.float().to(device or "cpu").eval(), info
 
 
