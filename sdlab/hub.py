@@ -14,7 +14,8 @@ import socket
 import time
 from typing import Any
 
-__all__ = ["HubUnavailable", "hub_reachable", "load_real_clip", "load_real_vae"]
+__all__ = ["HubUnavailable", "hub_reachable", "load_real_clip", "load_real_vae", "REAL_STABLE_DIFFUSION",
+           "load_real_stable_diffusion", "real_or_course_pipeline"]
 
 HUB_HOST = "huggingface.co"
 
@@ -83,3 +84,51 @@ def load_real_vae(name: str = "sd", *, timeout: float = 3.0) -> Any:
 
     cls = AutoencoderTiny if repo == REAL_VAES["taesd"] else AutoencoderKL
     return cls.from_pretrained(repo, low_cpu_mem_usage=False).eval()
+
+
+# A small, ungated Stable Diffusion 1 checkpoint: BK-SDM-Tiny (Kim et al. 2023), SD 1.4 with blocks of the
+# U-Net removed and distilled (0.32 B parameters instead of 0.86 B), in diffusers' folder layout.
+REAL_STABLE_DIFFUSION = "nota-ai/bk-sdm-tiny"
+SMALL_GPU_BYTES = 8 * 2**30  # below this, attention is computed in slices (slower, less memory)
+
+
+def load_real_stable_diffusion(name: str = REAL_STABLE_DIFFUSION, *, device: Any = None, timeout: float = 3.0) -> Any:
+    """A real Stable Diffusion ``StableDiffusionPipeline`` from the hub (about 1 GB at first use). Needs a network.
+
+    float16 on CUDA, with attention slicing on GPUs under 8 GiB; float32 elsewhere. No safety
+    checker is loaded (it would add 1.2 GB; the course's readable loop never calls it anyway).
+
+    Args:
+        name: a hub id of a Stable Diffusion 1 pipeline folder (default ``REAL_STABLE_DIFFUSION``).
+        device: where to run it (default: ``sd.pick_device()``).
+
+    Raises:
+        HubUnavailable: within about ``timeout`` seconds when the hub cannot be reached.
+    """
+    _require_hub(f"Stable Diffusion {name!r}", "sd.pipeline.load_pipeline(), chapter 7's Stable Diffusion built "
+                 "from the course's parts", timeout)
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sdlab.device import pick_device
+
+    device = torch.device(device) if device is not None else pick_device()
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(name, torch_dtype=dtype, safety_checker=None,
+                                                   requires_safety_checker=False).to(device)
+    if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < SMALL_GPU_BYTES:
+        pipe.enable_attention_slicing()
+    return pipe
+
+
+def real_or_course_pipeline(name: str = REAL_STABLE_DIFFUSION, *, timeout: float = 3.0) -> tuple[Any, str]:
+    """Real Stable Diffusion where the hub answers, else the course's own pipeline: ``(pipeline, what happened)``.
+
+    The second value is a sentence for the reader: which model they got, and why.
+    """
+    try:
+        return load_real_stable_diffusion(name, timeout=timeout), f"loaded real Stable Diffusion: {name}"
+    except HubUnavailable as error:
+        from sdlab.pipeline import load_pipeline
+
+        return load_pipeline(), f"{error}\nUsing the course's own Stable Diffusion instead (mini_sd, 64 x 64)."
