@@ -24,7 +24,7 @@ from sdlab.images import to_numpy_image
 from sdlab.validation import is_integer, is_real_number, number_in_range
 
 __all__ = ["FramePlayer", "TimestepPlayer", "timestep_player", "slider_player", "animate", "PromptBox", "prompt_box",
-           "tokens_html", "token_box"]
+           "images_html", "tokens_html", "token_box"]
 
 _PANEL_PIXELS = 192  # each panel is drawn about this many pixels wide (a whole multiple of the image)
 _GAP = 4  # pixels around and between panels
@@ -362,13 +362,16 @@ class PromptBox:
     def __repr__(self) -> str:
         return f"<PromptBox: {self.value!r}>"
 
-    def widget(self) -> Any:
-        """The live version: an ipywidgets Text box above an HTML view that follows it."""
+    def widget(self, *, first_view: str | None = None) -> Any:
+        """The live version: an ipywidgets Text box above an HTML view that follows it.
+
+        ``first_view``: the example's HTML when it is already rendered (slow renders run once).
+        """
         import ipywidgets
 
         box = ipywidgets.Text(value=self.value, description=self.description,
                               layout=ipywidgets.Layout(width="100%"), continuous_update=False)
-        view = ipywidgets.HTML(self.render(self.value))
+        view = ipywidgets.HTML(self.render(self.value) if first_view is None else first_view)
 
         def on_change(change: dict) -> None:
             try:
@@ -381,8 +384,9 @@ class PromptBox:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Widget view, the example's HTML and plain text; the front-end picks the richest it can show."""
-        bundle = dict(self.widget()._repr_mimebundle_() or {})
-        bundle["text/html"] = f"<p><code>{html.escape(self.value)}</code></p>" + self.render(self.value)
+        example = self.render(self.value)
+        bundle = dict(self.widget(first_view=example)._repr_mimebundle_() or {})
+        bundle["text/html"] = f"<p><code>{html.escape(self.value)}</code></p>" + example
         bundle["text/plain"] = repr(self)
         return bundle
 
@@ -390,6 +394,37 @@ class PromptBox:
 def prompt_box(render: Callable[[str], str], value: str, *, description: str = "prompt") -> PromptBox:
     """A :class:`PromptBox`: type a prompt, see ``render(prompt)``; the website shows ``render(value)``."""
     return PromptBox(render, value, description=description)
+
+
+def images_html(images: Any, *, captions: Sequence[str] | None = None, pixels: int = 128) -> str:
+    """Pictures as inline PNGs in one wrapping row, each ``pixels`` wide, with an optional caption under each.
+
+    Args:
+        images: (B, C, H, W) in [−1, 1] (or a list of (C, H, W)); enlarged without smoothing.
+        captions: one string per picture. pixels: the width of each picture on the page.
+    """
+    import base64
+
+    from PIL import Image
+
+    from sdlab.validation import positive_int
+
+    items = list(images)
+    labels = _check_labels(captions, len(items), name="captions", what="picture")
+    pixels = positive_int(pixels, "pixels")
+    cells = []
+    for k, image in enumerate(items):
+        array = to_numpy_image(image, name=f"images[{k}]")
+        picture = Image.fromarray((array * 255).round().astype(np.uint8).squeeze())
+        picture = picture.resize((pixels, round(pixels * picture.height / picture.width)), Image.NEAREST)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        source = base64.b64encode(buffer.getvalue()).decode("ascii")
+        caption = f'<br><small>{html.escape(labels[k])}</small>' if labels else ""
+        cells.append(f'<div style="width:{pixels}px;text-align:center;font-size:12px">'
+                     f'<img src="data:image/png;base64,{source}" width="{pixels}" alt="picture {k + 1}">'
+                     f"{caption}</div>")
+    return f'<div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(cells)}</div>'
 
 
 def tokens_html(prompt: str) -> str:

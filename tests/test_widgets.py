@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import sdlab as sd  # noqa: E402
 from sdlab.images import to_numpy_image  # noqa: E402
 from sdlab.schedules import NoiseSchedule  # noqa: E402
 from sdlab.widgets import FramePlayer, TimestepPlayer, animate, timestep_player  # noqa: E402
@@ -240,3 +241,29 @@ def test_slider_player_takes_guidance_scales():
         slider_player(lambda s: torch.zeros(3, 8, 8), [1, True], label="s")
     with pytest.raises(TypeError, match="non-empty sequence"):
         slider_player(lambda s: torch.zeros(3, 8, 8), [], label="s")
+
+
+def test_images_html_embeds_every_picture_with_its_caption():
+    import base64
+
+    from PIL import Image
+
+    images = torch.linspace(-1, 1, 3)[:, None, None, None].expand(3, 3, 4, 4)
+    page = sd.widgets.images_html(images, captions=["dark", "grey <b>", "light"], pixels=32)
+    sources = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(sources) == 3 and "grey &lt;b&gt;" in page and "http" not in page
+    first = Image.open(io.BytesIO(base64.b64decode(sources[0])))
+    assert first.size == (32, 32) and first.getpixel((0, 0)) == (0, 0, 0)
+    with pytest.raises(ValueError, match="captions has 1 entries but there are 3 pictures"):
+        sd.widgets.images_html(images, captions=["one"])
+
+
+def test_a_prompt_box_renders_its_example_once(monkeypatch):
+    calls = []
+
+    def render(prompt):
+        calls.append(prompt)
+        return f"<p>{prompt}</p>"
+
+    bundle = sd.widgets.prompt_box(render, "a cat")._repr_mimebundle_()
+    assert calls == ["a cat"] and "<p>a cat</p>" in bundle["text/html"]
