@@ -162,7 +162,6 @@ def _start_image(image: Any, batch: int, multiple: int) -> torch.Tensor:
     return x
 
 
-@torch.no_grad()
 def paint(pipe, prompt: str | list[str], *, negative_prompt: str = "", guidance_scale: float = 7.5,
           num_inference_steps: int = 20, generator: torch.Generator | None = None, height: int | None = None,
           width: int | None = None, image: Any = None, strength: float = 0.8, eta: float = 0.0,
@@ -188,6 +187,15 @@ def paint(pipe, prompt: str | list[str], *, negative_prompt: str = "", guidance_
     Returns:
         (B, 3, H, W) pictures in [−1, 1] (the pipeline's ``output_type="pt"`` gives x / 2 + 0.5).
     """
+    with torch.inference_mode():  # no autograd bookkeeping at all (the pipeline uses no_grad)
+        pictures = _paint(pipe, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                          num_inference_steps=num_inference_steps, generator=generator, height=height, width=width,
+                          image=image, strength=strength, eta=eta, on_step=on_step)
+    return pictures.clone()  # an ordinary tensor again, usable outside inference mode
+
+
+def _paint(pipe, prompt, *, negative_prompt, guidance_scale, num_inference_steps, generator, height, width, image,
+           strength, eta, on_step) -> torch.Tensor:
     from sdlab.guidance import check_guidance_scale
     from sdlab.random import randn_tensor
     from sdlab.validation import int_in_range, number_in_range
