@@ -4,6 +4,7 @@
     python3 run.py book          # build the website (executes every notebook) and serve it
     python3 run.py test          # unit tests + every notebook (quick mode) + quick book build
     python3 run.py release       # student notebooks, solutions removed (nbgrader), in build/release/
+    python3 run.py reproduce     # retrain every shipped model from scratch (--quick: in under a minute; --help)
 
 Needs nothing but Python 3.11+. The first run creates `.venv` from
 requirements.txt / constraints.txt (about 1.5 minutes, 1.9 GB); later runs
@@ -102,6 +103,12 @@ def serve(directory: Path, port: int) -> None:
             pass
 
 
+def run_script(name: str, *args: str) -> None:
+    """Run ``scripts/NAME`` with ``args`` inside .venv (full mode) and exit with its status."""
+    cmd = [str(PY), str(ROOT / "scripts" / name), *args]
+    raise SystemExit(subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=False)).returncode)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="task", required=True)
@@ -113,7 +120,11 @@ def main() -> None:
     test.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
     sub.add_parser("setup", help="only create or update .venv")
     sub.add_parser("release", help="write the student notebooks (solutions removed) to build/release/")
-    args = parser.parse_args()
+    sub.add_parser("reproduce", add_help=False,  # its options (and --help) are scripts/reproduce.py's
+                   help="retrain every shipped model from scratch into build/reproduced (--quick, --report, --help)")
+    args, rest = parser.parse_known_args()
+    if rest and args.task != "reproduce":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     ensure_venv()
     if args.task == "book":
@@ -130,8 +141,9 @@ def main() -> None:
         say("running the unit tests and every notebook (quick mode)")
         raise SystemExit(subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=True)).returncode)
     elif args.task == "release":
-        cmd = [str(PY), str(ROOT / "scripts" / "release.py")]
-        raise SystemExit(subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=False)).returncode)
+        run_script("release.py")
+    elif args.task == "reproduce":
+        run_script("reproduce.py", *rest)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ history as one safetensors file. A run resumes from build/NAME-run.safetensors
 if that exists (a finished run is then only exported again).
 Options: --steps, --batch-size, --threads, --out, --rescore (autoencoders: measure the shipped
 model again, with the current judge, and update its record; nothing is trained).
+
+scripts/reproduce.py runs these train functions for every registry entry, in order, into a fresh folder.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ import sdlab as sd
 from sdlab.pretrained import (
     RECORD_FILE,
     REGISTRY,
+    ClassifierRecipe,
     CLIPRecipe,
     DiffusionRecipe,
     JudgeRecipe,
@@ -54,17 +58,47 @@ def _machine(device: torch.device) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
-def train_unet(name: str, recipe: DiffusionRecipe, args: argparse.Namespace) -> None:
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What one run changes of its recipe, and where it writes: the command line's options.
+
+    Every train function below takes one and returns the record it stored with the weights.
+    """
+
+    steps: int | None = None  # None: the recipe's
+    batch_size: int | None = None  # None: the recipe's
+    out: Path | None = None  # where the weights go; None: the registry's path (sd.pretrained.weights_dir moves it)
+    build: Path = Path("build")  # training checkpoints (NAME-run.safetensors, resumed if present) and caches
+    eval_scenes: int | None = None  # held-out scenes the record's figures are measured on; None: each recipe's own
+
+    def train_config(self, recipe: Any) -> sd.train.TrainConfig:
+        """The recipe's `sdlab.train.TrainConfig`, with this run's steps and batch size where given."""
+        return recipe.train_config(**{k: v for k, v in (("steps", self.steps), ("batch_size", self.batch_size)) if v})
+
+    def sizes(self, recipe: Any) -> tuple[int, int]:
+        """(steps, batch size) of a recipe trained by its own function rather than `Run.train_config`."""
+        return self.steps or recipe.steps, self.batch_size or recipe.batch_size
+
+    def checkpoint(self, name: str) -> Path:
+        """The training checkpoint of ``name`` (in `build`), which a later run resumes from."""
+        return self.build / f"{name}-run.safetensors"
+
+    def target(self, name: str) -> Path:
+        """Where the weights of ``name`` go: `out`, else the registry's path."""
+        return Path(self.out or REGISTRY[name].path)
+
+
+def train_unet(name: str, recipe: DiffusionRecipe, run: Run = Run()) -> dict:
     device = sd.pick_device()
     schedule = sd.NoiseSchedule(recipe.schedule)
-    config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    config = run.train_config(recipe)
     with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
         model = sd.UNet(recipe.unet).to(device)
     print(f"{name}: {sd.unet.describe(model)}\n{config}")
-    checkpoint = Path(f"build/{name}-run.safetensors")
-    result = sd.train.train(model, schedule, recipe.data, config=config, checkpoint=checkpoint, resume=True)
+    result = sd.train.train(model, schedule, recipe.data, config=config, checkpoint=run.checkpoint(name),
+                            resume=True)
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
-    out = args.out or REGISTRY[name].path
+    out = run.target(name)
     info = {"schedule": schedule.name, "steps": config.steps, "batch_size": config.batch_size,
             "weights": recipe.weights, "final_loss": round(final, 5),
             "losses": [round(x, 5) for x in result.losses[::10]],
@@ -74,10 +108,11 @@ def train_unet(name: str, recipe: DiffusionRecipe, args: argparse.Namespace) -> 
     save_pretrained(out, result.ema if recipe.weights == "ema" else result.model, info=info)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): final loss {final:.4f}, "
           f"{result.images_per_second:.0f} images/s, {result.seconds:.0f} s")
+    return info
 
 
-def train_judge(name: str, recipe: sd.pretrained.ClassifierRecipe, args: argparse.Namespace) -> None:
-    steps, batch_size = args.steps or recipe.steps, args.batch_size or recipe.batch_size
+def train_judge(name: str, recipe: ClassifierRecipe, run: Run = Run()) -> dict:
+    steps, batch_size = run.sizes(recipe)
     start = time.perf_counter()
     classifier, losses = sd.evaluate.train_classifier(steps=steps, batch_size=batch_size, lr=recipe.lr,
                                                       resolution=recipe.resolution,
@@ -90,51 +125,54 @@ def train_judge(name: str, recipe: sd.pretrained.ClassifierRecipe, args: argpars
     info = {"steps": steps, "batch_size": batch_size, "seed": recipe.seed, "seconds": round(seconds, 1),
             "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4), **results,
             "trained_on": _machine(torch.device("cpu")), "date": time.strftime("%Y-%m-%d")}
-    path = sd.evaluate.save_classifier(args.out or REGISTRY[name].path, classifier, info=info)
+    path = sd.evaluate.save_classifier(run.target(name), classifier, info=info)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) in {seconds:.0f} s: {info}")
+    return info
 
 
-def train_attribute_judge(name: str, recipe: JudgeRecipe, args: argparse.Namespace) -> None:
-    steps, batch_size = args.steps or recipe.steps, args.batch_size or recipe.batch_size
+def train_attribute_judge(name: str, recipe: JudgeRecipe, run: Run = Run()) -> dict:
+    steps, batch_size = run.sizes(recipe)
     start = time.perf_counter()
     judge, losses = sd.judge.train_judge(steps=steps, batch_size=batch_size, lr=recipe.lr, width=recipe.width,
                                          generator=torch.Generator().manual_seed(recipe.seed))
     seconds = time.perf_counter() - start
-    test = sd.data.make_scenes(2000, held_out="include", split="test", **sd.data.SCENES,
+    n = run.eval_scenes or 2000
+    test = sd.data.make_scenes(n, held_out="include", split="test", **sd.data.SCENES,
                                generator=torch.Generator().manual_seed(12345))
     accuracy = {k: round(v, 4) for k, v in sd.judge.judge_accuracy(judge, test).items()}
     info = {"steps": steps, "batch_size": batch_size, "seed": recipe.seed, "seconds": round(seconds, 1),
             "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4), "test_accuracy": accuracy,
-            "test_scenes": 2000, "scenes": dict(sd.data.SCENES), "trained_on": _machine(torch.device("cpu")),
+            "test_scenes": n, "scenes": dict(sd.data.SCENES), "trained_on": _machine(torch.device("cpu")),
             "date": time.strftime("%Y-%m-%d")}
-    path = save_pretrained(args.out or REGISTRY[name].path, judge, info=info, dtype=torch.float32)
+    path = save_pretrained(run.target(name), judge, info=info, dtype=torch.float32)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) in {seconds:.0f} s: held-out accuracy {accuracy}")
+    return info
 
 
-def train_vae(name: str, recipe: VAERecipe, args: argparse.Namespace) -> None:
+def train_vae(name: str, recipe: VAERecipe, run: Run = Run()) -> dict:
     device = sd.pick_device()
-    config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    config = run.train_config(recipe)
     with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
         vae = sd.vae.make_vae(recipe.factor).to(device)
     print(f"{name}: {sd.unet.count_parameters(vae):,} parameters\n{config}")
     data = functools.partial(sd.vae.vae_batch, crop=recipe.crop)
     loss = functools.partial(sd.vae.vae_loss, kl_weight=recipe.kl_weight)
-    result = sd.train.fit(vae, loss, data, config=config, checkpoint=Path(f"build/{name}-run.safetensors"),
-                          resume=True, desc=name)
+    result = sd.train.fit(vae, loss, data, config=config, checkpoint=run.checkpoint(name), resume=True, desc=name)
     vae = result.model
-    scale = sd.vae.scaling_factor_from_data(vae, sd.data.make_scenes(512, **sd.data.SCENES, device=device,
+    n = run.eval_scenes or 512
+    scale = sd.vae.scaling_factor_from_data(vae, sd.data.make_scenes(n, **sd.data.SCENES, device=device,
                                             generator=torch.Generator(device).manual_seed(1)).images,
                                             generator=torch.Generator(device).manual_seed(2))
     sd.vae.set_scaling_factor(vae, scale)
     judge = sd.pretrained.load_pretrained("judge", device=device)[0] if REGISTRY["judge"].path.is_file() else None
-    quality = sd.vae.evaluate_vae(vae, judge=judge)
+    quality = sd.vae.evaluate_vae(vae, judge=judge, n=run.eval_scenes or 500)
     final = sum(result.losses[-50:]) / len(result.losses[-50:])
     info = {"steps": config.steps, "batch_size": config.batch_size, "crop": recipe.crop, "kl_weight": recipe.kl_weight,
             "scaling_factor": round(scale, 5), "scenes": dict(sd.data.SCENES), **quality,
             "final_loss": round(final, 5), "losses": [round(x, 5) for x in result.losses[::10]],
             "trained_on": _machine(device), "seconds": round(result.seconds, 1) if result.seconds > 1 else None,
             "images_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
-    out = Path(args.out or REGISTRY[name].path)
+    out = run.target(name)
 
     def write(folder: Path) -> None:
         vae.save_pretrained(folder, safe_serialization=True)
@@ -142,50 +180,53 @@ def train_vae(name: str, recipe: VAERecipe, args: argparse.Namespace) -> None:
 
     replace_folder(out, write)
     print(f"wrote {out}: scaling factor {scale:.4f}, {quality}, {result.seconds:.0f} s")
+    return info
 
 
-def train_clip(name: str, recipe: CLIPRecipe, args: argparse.Namespace) -> None:
+def train_clip(name: str, recipe: CLIPRecipe, run: Run = Run()) -> dict:
     device = sd.pick_device()
-    config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    config = run.train_config(recipe)
     with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
         model = sd.clip.MiniCLIP(sd.clip.MiniCLIPConfig(**recipe.config)).to(device)
     print(f"{name}: {sd.unet.count_parameters(model):,} parameters\n{config}")
     data = functools.partial(sd.clip.clip_batch, hard_fraction=recipe.hard_fraction)
-    result = sd.train.fit(model, sd.clip.clip_loss, data, config=config,
-                          checkpoint=Path(f"build/{name}-run.safetensors"), resume=True, desc=name)
+    result = sd.train.fit(model, sd.clip.clip_loss, data, config=config, checkpoint=run.checkpoint(name),
+                          resume=True, desc=name)
     final = sum(result.losses[-50:]) / len(result.losses[-50:])
     info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": dict(sd.clip.SCENES),
             "hard_fraction": recipe.hard_fraction,
             "final_loss": round(final, 4), "losses": [round(x, 4) for x in result.losses],
             "trained_on": _machine(device), "seconds": round(result.seconds, 1) if result.seconds > 1 else None,
             "pairs_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
-    out = args.out or REGISTRY[name].path
+    out = run.target(name)
     replace_folder(out, lambda folder: result.model.save_pretrained(folder, info=info))
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} pairs/s, {result.seconds:.0f} s")
+    return info
 
 
-def _encoded_scenes(vae, n: int, seed: int, device) -> tuple[sd.text_unet.LatentScenes, float]:
-    """`sd.text_unet.encode_scenes` and its seconds, kept in build/ between runs (keyed by n, seed, VAE weights)."""
+def _encoded_scenes(vae, n: int, seed: int, device, build: Path) -> tuple[sd.text_unet.LatentScenes, float]:
+    """`sd.text_unet.encode_scenes` and its seconds, kept in ``build`` between runs (keyed by n, seed, VAE weights)."""
     weights = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in vae.parameters())).hexdigest()
-    cache = Path(f"build/latent-scenes-{n}-{seed}-{weights[:12]}.pt")
+    cache = build / f"latent-scenes-{n}-{seed}-{weights[:12]}.pt"
     if cache.exists():
         stored = torch.load(cache)
         return sd.text_unet.LatentScenes(**stored["data"]), stored["seconds"]
     start = time.perf_counter()
     data = sd.text_unet.encode_scenes(vae, n, generator=torch.Generator(device).manual_seed(seed))
     seconds = time.perf_counter() - start
-    cache.parent.mkdir(exist_ok=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"data": dataclasses.asdict(data), "seconds": seconds}, cache.with_suffix(".tmp"))
     cache.with_suffix(".tmp").replace(cache)
     return data, seconds
 
 
-def train_text_unet(name: str, recipe: TextUNetRecipe, args: argparse.Namespace) -> None:
+def train_text_unet(name: str, recipe: TextUNetRecipe, run: Run = Run()) -> dict:
     device = sd.pick_device()
-    config = recipe.train_config(**{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    config = run.train_config(recipe)
     vae = sd.pretrained.load_pretrained("vae_f4", device=device)[0]
     text = sd.pretrained.load_pretrained("miniclip", device=device)[0].text_model.float().eval()
-    data, encoding = _encoded_scenes(vae, recipe.scenes, recipe.seed, device)  # seconds of the first encoding
+    # the seconds of the first encoding, also when the scenes come from the cache
+    data, encoding = _encoded_scenes(vae, recipe.scenes, recipe.seed, device, run.build)
     with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
         unet = sd.text_unet.make_text_unet(block_out_channels=recipe.block_out_channels, attention=recipe.attention,
                                            cross_attention_dim=text.config.hidden_size,
@@ -195,9 +236,9 @@ def train_text_unet(name: str, recipe: TextUNetRecipe, args: argparse.Namespace)
     loss = functools.partial(sd.text_unet.text_unet_loss, schedule=sd.NoiseSchedule(recipe.schedule),
                              text_encoder=text, caption_dropout=recipe.caption_dropout,
                              prediction_type=recipe.prediction_type, snr_gamma=recipe.snr_gamma)
-    run = Path(args.out).name if args.out else name  # parallel trial runs keep their own checkpoints
-    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=Path(f"build/{run}-run.safetensors"),
-                          resume=True, desc=run)
+    trial = run.out.name if run.out else name  # parallel trial runs keep their own checkpoints
+    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=run.checkpoint(trial), resume=True,
+                          desc=trial)
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
     info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": recipe.scenes,
             "scene_settings": dict(sd.data.SCENES), "caption_dropout": recipe.caption_dropout,
@@ -212,12 +253,13 @@ def train_text_unet(name: str, recipe: TextUNetRecipe, args: argparse.Namespace)
         result.ema.save_pretrained(folder, safe_serialization=True)
         (folder / RECORD_FILE).write_text(json.dumps(info, indent=1) + "\n")
 
-    out = Path(args.out or REGISTRY[name].path)
+    out = run.target(name)
     replace_folder(out, write)
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} images/s, {result.seconds:.0f} s")
+    return info
 
 
-def build_pipeline(name: str, recipe: PipelineRecipe, args: argparse.Namespace) -> None:
+def build_pipeline(name: str, recipe: PipelineRecipe, run: Run = Run()) -> dict:
     start = time.perf_counter()
     pipe = sd.pipeline.assemble()
     records = {part: sd.pretrained.load_pretrained(part)[1] for part in recipe.parts}
@@ -225,9 +267,23 @@ def build_pipeline(name: str, recipe: PipelineRecipe, args: argparse.Namespace) 
     info = {"parts": {part: {k: record.get(k) for k in ("date", "steps", "seconds", "trained_on")}
                       for part, record in records.items()},
             "seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%d")}
-    out = sd.pipeline.save_pipeline(pipe, args.out or REGISTRY[name].path, info=info)
+    out = sd.pipeline.save_pipeline(pipe, run.target(name), info=info)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB) in {seconds:.0f} s")
+    return info
+
+
+# The train function of each kind of recipe (a ClassifierRecipe: chapter 3's cat-or-dog judge).
+TRAINERS: dict[type, Callable[[str, Any, Run], dict]] = {
+    DiffusionRecipe: train_unet, ClassifierRecipe: train_judge, JudgeRecipe: train_attribute_judge,
+    CLIPRecipe: train_clip, VAERecipe: train_vae, TextUNetRecipe: train_text_unet, PipelineRecipe: build_pipeline}
+
+
+def train(name: str, recipe: Any, run: Run = Run()) -> dict:
+    """Train (or, for the pipeline, assemble) ``name`` by ``recipe``, write its weights, and return their record."""
+    if type(recipe) not in TRAINERS:
+        raise TypeError(f"no train function for a {type(recipe).__name__} (the recipe of {name!r})")
+    return TRAINERS[type(recipe)](name, recipe, run)
 
 
 def rescore_vae(name: str) -> None:
@@ -278,20 +334,8 @@ def main() -> None:
         if not isinstance(recipe, VAERecipe):
             parser.error("--rescore is for the autoencoders (vae_f4, vae_f8)")
         rescore_vae(args.name)
-    elif isinstance(recipe, DiffusionRecipe):
-        train_unet(args.name, recipe, args)
-    elif isinstance(recipe, CLIPRecipe):
-        train_clip(args.name, recipe, args)
-    elif isinstance(recipe, JudgeRecipe):
-        train_attribute_judge(args.name, recipe, args)
-    elif isinstance(recipe, VAERecipe):
-        train_vae(args.name, recipe, args)
-    elif isinstance(recipe, TextUNetRecipe):
-        train_text_unet(args.name, recipe, args)
-    elif isinstance(recipe, PipelineRecipe):
-        build_pipeline(args.name, recipe, args)
     else:
-        train_judge(args.name, recipe, args)
+        train(args.name, recipe, Run(steps=args.steps, batch_size=args.batch_size, out=args.out))
 
 
 if __name__ == "__main__":

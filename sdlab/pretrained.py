@@ -9,16 +9,20 @@ them without sdlab.
 
     >>> model, info = sd.pretrained.load_pretrained("scenes32")
     >>> info["steps"], info["final_loss"]
+
+``weights_dir(folder)`` moves the whole registry to another folder for a while: ``scripts/reproduce.py``
+trains every model into a fresh folder with it, each stage loading the fresh files of the stages before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +36,7 @@ from sdlab.unet import UNetConfig
 
 __all__ = ["DiffusionRecipe", "ClassifierRecipe", "JudgeRecipe", "CLIPRecipe", "VAERecipe", "PipelineRecipe",
            "Shipped", "REGISTRY", "names", "load_pretrained",
-           "save_pretrained", "RECORD_FILE", "replace_folder"]
+           "save_pretrained", "RECORD_FILE", "replace_folder", "weights_dir"]
 
 # "sdlab": one .safetensors file; "folder": the class's own save_pretrained folder (diffusers,
 # transformers, or an sdlab class with from_pretrained, such as mini-CLIP's).
@@ -169,7 +173,8 @@ class PipelineRecipe:
 
 @dataclass(frozen=True)
 class Shipped:
-    """One shipped model: what it is, what trains it, and where its file is (under ``sdlab/weights``)."""
+    """One shipped model: what it is, what trains it, and where its file is (under ``sdlab/weights``,
+    or the folder of `weights_dir` while one is in force)."""
 
     name: str
     chapter: int
@@ -190,6 +195,29 @@ def _scenes32(n: int, g: torch.Generator) -> torch.Tensor:
 
 def _catdog32(n: int, g: torch.Generator) -> torch.Tensor:
     return make_silhouette_batch(n, classes=("cat", "dog"), resolution=32, generator=g, device=g.device)[0]
+
+
+@contextlib.contextmanager
+def weights_dir(folder: str | os.PathLike) -> Iterator[Path]:
+    """Resolve every `Shipped.path` inside ``folder`` instead of ``sdlab/weights`` while the block runs.
+
+    ``load_pretrained(name)`` reads there, and ``scripts/train_weights.py`` writes there: a model
+    trained under it and the models trained after it use the fresh files, never the shipped ones.
+    The shipped folder comes back on exit, also when the block raises. The setting is the process's
+    (one folder for every thread), and blocks nest.
+
+        >>> with sd.pretrained.weights_dir("build/reproduced"):
+        ...     vae, info = sd.pretrained.load_pretrained("vae_f4")   # build/reproduced/vae_f4
+
+    Yields:
+        ``folder`` as an absolute `Path` (it need not exist yet).
+    """
+    global WEIGHTS_DIR
+    previous, WEIGHTS_DIR = WEIGHTS_DIR, Path(folder).resolve()
+    try:
+        yield WEIGHTS_DIR
+    finally:
+        WEIGHTS_DIR = previous
 
 
 REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [

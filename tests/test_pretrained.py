@@ -122,3 +122,24 @@ def test_replace_folder_swaps_a_whole_folder_and_keeps_the_old_one_when_writing_
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # the old folder is whole
     replace_folder(target, lambda folder: (folder / "c.txt").write_text("three"))  # a stale .tmp is no obstacle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_weights_dir_moves_every_registry_path_and_restores_it_also_on_error(tmp_path):
+    from sdlab.pretrained import weights_dir
+
+    shipped = {name: entry.path for name, entry in REGISTRY.items()}
+    with weights_dir(tmp_path / "fresh") as folder:
+        assert folder == (tmp_path / "fresh").resolve()
+        assert {name: entry.path for name, entry in REGISTRY.items()} == {
+            name: folder / path.name for name, path in shipped.items()}
+        save_pretrained(REGISTRY["scenes32"].path, tiny_unet(), info={"steps": 2})
+        model, info = load_pretrained("scenes32")  # the file just written there, not the shipped one
+        assert info["steps"] == 2 and model.config == tiny_unet().config
+        with weights_dir(tmp_path / "inner"):  # blocks nest
+            assert REGISTRY["judge"].path.parent == (tmp_path / "inner").resolve()
+        assert REGISTRY["judge"].path.parent == folder
+    assert {name: entry.path for name, entry in REGISTRY.items()} == shipped
+    with pytest.raises(CheckpointError, match="no weights for 'judge'"), weights_dir(tmp_path / "empty"):
+        load_pretrained("judge")
+    assert REGISTRY["judge"].path == shipped["judge"]
+    assert load_pretrained("scenes32")[1]["steps"] == REGISTRY["scenes32"].recipe.steps  # the shipped file again
