@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 __all__ = ["SCHEDULERS", "make_scheduler", "assemble", "save_pipeline", "load_pipeline", "swap_scheduler",
-           "image_to_image", "paint"]
+           "image_to_image", "paint", "TRACED", "trace"]
 
 # The diffusers schedulers the shipped U-Net runs with, without retraining: each is built from the
 # DDIM configuration, so it inherits the schedule, the prediction type and the trailing timesteps.
@@ -102,10 +102,28 @@ def save_pipeline(pipe, folder: str | Path, *, text_encoder_dtype: torch.dtype =
 
 
 def load_pipeline(*, device: torch.device | str | None = None):
-    """The shipped ``mini_sd`` pipeline (a ``StableDiffusionPipeline``, float32, progress bar off)."""
+    """The shipped ``mini_sd`` pipeline (a ``StableDiffusionPipeline``, float32, progress bar off).
+
+    Loads quietly: no loading bars (they freeze on the website) and no notes about optional
+    packages that the course does not use (transformers' image processors want torchvision).
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     from sdlab.pretrained import load_pretrained
 
-    return load_pretrained("mini_sd", device=device)[0]
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
+             for lib in (diffusers_logging, transformers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        return load_pretrained("mini_sd", device=device)[0]
+    finally:
+        for lib, verbosity, bars in saved:
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()
 
 
 def swap_scheduler(pipe, name: str):
@@ -256,3 +274,66 @@ def _paint(pipe, prompt, *, negative_prompt, guidance_scale, num_inference_steps
 
     # 4. The reveal: undo the latent scaling, decode once.
     return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+
+
+# What `trace` watches, in the order a picture passes through them: the part, and what to call it.
+# (The tokenizer is plain Python: its output is the text encoder's input.)
+TRACED = (("text_encoder", "text encoder"), ("vae.encoder", "VAE encoder"),
+          ("scheduler.add_noise", "forward diffusion (add_noise)"), ("unet", "U-Net"),
+          ("scheduler.step", "scheduler step"), ("vae.decoder", "VAE decoder"))
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """The shape of a tensor, or of the first tensor of a model's or scheduler's output."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    for key in ("sample", "prev_sample", "last_hidden_state"):
+        found = getattr(value, key, None)
+        if isinstance(found, torch.Tensor):
+            return tuple(found.shape)
+    if isinstance(value, (tuple, list)) and value:
+        return _shape(value[0])
+    return None
+
+
+def trace(pipe, prompt: str | list[str], **options: Any) -> list[dict]:
+    """Run `paint` and report every part it used: how often it ran, and the shapes in and out of its last call.
+
+    Args:
+        prompt, options: as for `paint` (``image=`` and ``strength=`` for image-to-image).
+
+    Returns:
+        One dict per entry of ``TRACED``, in that order: ``{"part", "calls", "input", "output"}``,
+        shapes as tuples (``None`` for a part that never ran).
+    """
+    rows = {path: {"part": label, "calls": 0, "input": None, "output": None} for path, label in TRACED}
+    undo = []
+
+    def record(path: str, args: tuple, result: Any) -> None:
+        row = rows[path]
+        row["calls"] += 1
+        row["input"], row["output"] = _shape(args[0]) if args else None, _shape(result)
+
+    for path, _ in TRACED:
+        owner_path, _, name = path.rpartition(".")
+        owner = pipe
+        for attribute in filter(None, owner_path.split(".")):
+            owner = getattr(owner, attribute)
+        target = getattr(owner, name)
+        if isinstance(target, torch.nn.Module):
+            handle = target.register_forward_hook(lambda module, args, result, path=path: record(path, args, result))
+            undo.append(handle.remove)
+        else:  # a method or a callable object: wrap it on the instance for the duration
+            def wrapped(*args: Any, target=target, path=path, **kwargs: Any) -> Any:
+                result = target(*args, **kwargs)
+                record(path, args, result)
+                return result
+
+            setattr(owner, name, wrapped)
+            undo.append(lambda owner=owner, name=name: owner.__dict__.pop(name, None))
+    try:
+        paint(pipe, prompt, **options)
+    finally:
+        for step in undo:
+            step()
+    return list(rows.values())

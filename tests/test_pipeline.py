@@ -212,3 +212,23 @@ def test_a_pil_picture_can_start_image_to_image(pipe):
 def test_an_unknown_scheduler_names_the_known_ones(pipe):
     with pytest.raises(ValueError, match="dpm"):
         sd.pipeline.swap_scheduler(pipe, "heun")
+
+
+def test_trace_shows_that_text_to_image_never_encodes_or_adds_noise(pipe):
+    rows = {row["part"]: row for row in sd.pipeline.trace(pipe, [PROMPT, OTHER], num_inference_steps=3)}
+    assert list(rows) == [label for _, label in sd.pipeline.TRACED]
+    assert rows["VAE encoder"]["calls"] == rows["forward diffusion (add_noise)"]["calls"] == 0
+    assert rows["text encoder"] == {"part": "text encoder", "calls": 2, "input": (2, 77), "output": (2, 77, 128)}
+    assert rows["U-Net"] == {"part": "U-Net", "calls": 3, "input": (4, 4, 16, 16), "output": (4, 4, 16, 16)}
+    assert rows["scheduler step"]["calls"] == 3
+    assert rows["VAE decoder"] == {"part": "VAE decoder", "calls": 1, "input": (2, 4, 16, 16), "output": (2, 3, 64, 64)}
+    assert not pipe.unet._forward_hooks and "step" not in vars(pipe.scheduler)  # all undone
+
+
+def test_trace_of_image_to_image_encodes_the_start_once_and_noises_it_once(pipe):
+    rows = {row["part"]: row for row in sd.pipeline.trace(pipe, PROMPT, image=_scene().images, strength=0.5,
+                                                          num_inference_steps=4, guidance_scale=1.0)}
+    assert rows["VAE encoder"]["calls"] == rows["forward diffusion (add_noise)"]["calls"] == 1
+    assert rows["VAE encoder"]["input"] == (1, 3, 64, 64)
+    assert rows["U-Net"]["calls"] == 2 and rows["U-Net"]["input"] == (1, 4, 16, 16)  # scale 1: one branch
+    assert rows["text encoder"]["calls"] == 1
