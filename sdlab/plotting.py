@@ -437,14 +437,15 @@ def plot_noise_guesses(
 
 
 def show_captioned_images(
-    images: Any, captions: Sequence[str], *, ncols: int = 4, size: float = 2.2, wrap: int = 28
+    images: Any, captions: Sequence[str], *, ncols: int = 4, size: float = 2.2, wrap: int | None = None
 ) -> Figure:
     """Show images in a grid with a caption under each, wrapped to lines of at most ``wrap`` characters.
 
     Args:
         images: as in :func:`show_images`, e.g. a (B, 3, H, W) tensor in [-1, 1].
         captions: one string per image, e.g. ``SceneBatch.captions``.
-        ncols: images per row. size: width of each image in inches. wrap: characters per caption line.
+        ncols: images per row. size: width of each image in inches. wrap: characters per caption line
+            (default: as many as fit under the image, about 12.7 per inch).
 
     Returns:
         The figure, with one Axes per image.
@@ -453,7 +454,9 @@ def show_captioned_images(
 
     items = _image_list(images)
     labels = _check_titles(captions, len(items), name="captions")
-    ncols, wrap = positive_int(ncols, "ncols"), positive_int(wrap, "wrap")
+    ncols = positive_int(ncols, "ncols")
+    size = number_in_range(size, "size", 0, BOOK_WIDTH, low_open=True, what="a number of inches")
+    wrap = positive_int(wrap, "wrap") if wrap is not None else max(6, round(size * 12.7))
     lines = max(len(textwrap.wrap(label, wrap)) for label in labels)
     fig = show_images(items, ncols=ncols, size=size)
     fig.set_size_inches(fig.get_size_inches() + np.array([0.0, 0.17 * lines * math.ceil(len(items) / ncols)]))

@@ -243,3 +243,14 @@ def test_show_image_rows_names_each_row_and_keeps_every_image(x0):
         plotting.show_image_rows({})
     with pytest.raises(ValueError, match="non-empty dict"):
         plotting.show_image_rows([batch])
+
+
+def test_captions_wrap_to_the_width_of_their_picture():
+    images = torch.zeros(2, 3, 8, 8)
+    caption = "a large black elephant on the right, yellow background"
+    narrow = plotting.show_captioned_images(images, [caption] * 2, size=1.6)
+    wide = plotting.show_captioned_images(images, [caption] * 2, size=3.2)
+    longest = [max(len(line) for line in fig.axes[0].get_xlabel().splitlines()) for fig in (narrow, wide)]
+    assert longest[0] <= 20 < longest[1] <= 41
+    with pytest.raises(ValueError, match="size must be a number of inches"):
+        plotting.show_captioned_images(images, [caption] * 2, size="big")
