@@ -232,3 +232,15 @@ def test_trace_of_image_to_image_encodes_the_start_once_and_noises_it_once(pipe)
     assert rows["VAE encoder"]["input"] == (1, 3, 64, 64)
     assert rows["U-Net"]["calls"] == 2 and rows["U-Net"]["input"] == (1, 4, 16, 16)  # scale 1: one branch
     assert rows["text encoder"]["calls"] == 1
+
+
+def test_the_readable_loop_follows_any_diffusers_scheduler_such_as_real_stable_diffusion_s_pndm(pipe):
+    from diffusers import PNDMScheduler
+
+    swapped = sd.pipeline.swap_scheduler(pipe, "ddim")
+    swapped.register_modules(scheduler=PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True))
+    ours = sd.pipeline.paint(swapped, PROMPT, guidance_scale=3.0, num_inference_steps=6,
+                             generator=torch.Generator().manual_seed(0))
+    theirs = swapped(PROMPT, guidance_scale=3.0, num_inference_steps=6, height=64, width=64,
+                     generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(ours / 2 + 0.5, theirs, atol=1e-5, rtol=0)
