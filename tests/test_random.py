@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 
@@ -131,6 +132,11 @@ def _ddim_step():
     return sampler.step(x, 900, x, generator=g())
 
 
+@functools.cache
+def _mini_sd():
+    return sd.pipeline.load_pipeline()
+
+
 CALLS = {
     "random.randn_tensor": lambda: randn_tensor((2, 3), generator=g()),
     "random.rand": lambda: rand((2, 3), generator=g()),
@@ -177,6 +183,10 @@ CALLS = {
     "text_unet.text_unet_loss": _text_unet_loss,
     "guidance.generate": lambda: sd.guidance.generate(_tiny_text_unet(), _tiny_clip().text_model, _tiny_vae(),
                                                       ["a red cat"], num_inference_steps=2, generator=g()),
+    "pipeline.paint": lambda: torch.cat([  # text-to-image, and image-to-image (encoder sampling, add_noise)
+        sd.pipeline.paint(_mini_sd(), "a red cat", num_inference_steps=2, generator=g()),
+        sd.pipeline.paint(_mini_sd(), "a red cat", image=_scenes64().images[:1], strength=0.5,
+                          num_inference_steps=2, generator=g())]),
     "vae.prior_samples": lambda: sd.vae.prior_samples(_tiny_vae(), 2, generator=g()),
     "vae.scaling_factor_from_data": lambda: torch.tensor(sd.vae.scaling_factor_from_data(
         _tiny_vae(), _scenes64().images, generator=g())),
