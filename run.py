@@ -4,6 +4,7 @@
     python3 run.py book          # build the website (executes every notebook) and serve it
     python3 run.py test          # unit tests + every notebook (quick mode) + quick book build
     python3 run.py release       # student notebooks, solutions removed (nbgrader), in build/release/
+    python3 run.py grade DIR     # grade a folder of submitted notebooks into build/grades/ (CSV + feedback)
     python3 run.py reproduce     # retrain every shipped model from scratch (--quick: in under a minute; --help)
 
 Needs nothing but Python 3.11+. The first run creates `.venv` from
@@ -109,6 +110,12 @@ def run_script(name: str, *args: str) -> None:
     raise SystemExit(subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=False)).returncode)
 
 
+def run_module(name: str, *args: str) -> None:
+    """Run ``python -m NAME args`` inside .venv (full mode) and exit with its status."""
+    cmd = [str(PY), "-m", name, *args]
+    raise SystemExit(subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=False)).returncode)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="task", required=True)
@@ -119,11 +126,14 @@ def main() -> None:
     test = sub.add_parser("test", help="unit tests, every notebook (quick mode) and a quick book build")
     test.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
     sub.add_parser("setup", help="only create or update .venv")
-    sub.add_parser("release", help="write the student notebooks (solutions removed) to build/release/")
+    release = sub.add_parser("release", help="write the student notebooks (solutions removed) to build/release/")
+    release.add_argument("out", nargs="?", default="build/release", help="the release folder (default build/release)")
+    sub.add_parser("grade", add_help=False,  # its options (and --help) are sdlab.grading's
+                   help="grade a folder of submitted notebooks into build/grades/ (grades.csv, feedback/; --help)")
     sub.add_parser("reproduce", add_help=False,  # its options (and --help) are scripts/reproduce.py's
                    help="retrain every shipped model from scratch into build/reproduced (--quick, --report, --help)")
     args, rest = parser.parse_known_args()
-    if rest and args.task != "reproduce":
+    if rest and args.task not in ("reproduce", "grade"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     ensure_venv()
@@ -141,7 +151,9 @@ def main() -> None:
         say("running the unit tests and every notebook (quick mode)")
         raise SystemExit(subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=True)).returncode)
     elif args.task == "release":
-        run_script("release.py")
+        run_module("sdlab.grading.release", args.out)
+    elif args.task == "grade":
+        run_module("sdlab.grading", *rest)
     elif args.task == "reproduce":
         run_script("reproduce.py", *rest)
 

@@ -219,7 +219,8 @@ def contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
             logits_per_image).__name__
         raise ValueError(f"logits_per_image must be a square (B, B) tensor; got {shape}")
     targets = torch.arange(len(logits_per_image), device=logits_per_image.device)
-    logits = logits_per_image.float()
+    logits = logits_per_image.float() if logits_per_image.dtype in (torch.float16, torch.bfloat16) \
+        else logits_per_image  # half precision is summed in float32; float32 and float64 stay as they are
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 

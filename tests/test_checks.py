@@ -33,8 +33,8 @@ def test_numpy_answer_is_accepted():
         (lambda b: 1 - b, "returned α_t = 1 − β_t"),
         (lambda b: torch.cat([torch.ones(1, dtype=b.dtype), torch.cumprod(1 - b, 0)[:-1]]), "one step late"),
         (lambda b: 1 - torch.cumprod(1 - b, 0), "returned 1 − ᾱ_t"),
-        (lambda b: torch.cumprod(1 - b, 0)[:-1], "you should return 50 values; got shape \\(49,\\)"),
-        (lambda b: torch.cumprod(1 - b, 0) * 0.9, "ᾱ is wrong at t="),
+        (lambda b: torch.cumprod(1 - b, 0)[:-1], "ᾱ should have shape \\(50,\\); got \\(49,\\)"),
+        (lambda b: torch.cumprod(1 - b, 0) * 0.9, "ᾱ is off by up to"),
         (lambda b: None, "forget `return`"),
         (lambda b: b.undefined_method(), "your function raised AttributeError"),
     ],
@@ -82,7 +82,7 @@ def flattens(x0, noise, t, ab):
         (noise_sqrt_missing, "missing on the noise coefficient"),
         (signal_not_scaled, "the signal must shrink too"),
         (uses_betas_as_alpha, "x_t is off by up to"),
-        (flattens, "x_t must have the shape of x0 \\(2, 3, 8, 8\\); got \\(384,\\)"),
+        (flattens, "x_t should have shape \\(2, 3, 8, 8\\); got \\(384,\\)"),
     ],
 )
 def test_wrong_add_noise_fails_with_a_hint(wrong, message):

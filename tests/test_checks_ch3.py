@@ -23,7 +23,8 @@ def test_right_answers_pass(capsys):
 
 
 def test_float32_and_numpy_answers_are_accepted(capsys):
-    check_pred_original_sample(lambda x, e, a: right_x0(x.float(), e.float(), a.float()))
+    # computed in float32 where the inputs are float32, in float64 where they are float64
+    check_pred_original_sample(lambda x, e, a: right_x0(x, e, a.to(x.dtype)))
     check_ddim_step(lambda e, t, x, p, ab: right_ddim(e, t, x, p, ab).numpy())
     assert capsys.readouterr().out.count("✓") == 2
 
@@ -59,7 +60,7 @@ def sqrt_a(a):
         (lambda x, e, a: (x - a.sqrt() * e) / (1 - a).sqrt(), "swapped"),
         (lambda x, e, a: right_x0(x, e, a).clamp(-1, 1), "do not clip"),
         (lambda x, e, a: right_x0(x, e, a) * 1.01, "x̂0 is off by up to"),
-        (lambda x, e, a: right_x0(x, e, a)[0], "must have the shape of x_t \\(2, 1, 8, 8\\); got \\(1, 8, 8\\)"),
+        (lambda x, e, a: right_x0(x, e, a)[0], "x̂0 should have shape \\(2, 1, 8, 8\\); got \\(1, 8, 8\\)"),
         (lambda x, e, a: None, "forget `return`"),
         (lambda x, e, a: a.undefined(), "raised AttributeError"),
     ],
@@ -113,10 +114,10 @@ def ddim_x0_sign(eps, t, x_t, prev_t, ab):
         (ddim_with(at_t, at_t), "returned x_t unchanged"),
         (ddim_with(at_prev, at_prev), "returned x_t unchanged"),
         (ddim_with(at_prev, at_t), "ᾱ_t and ᾱ_\\{t−1\\} are swapped"),
-        (ddim_with(at_t, lambda t, p, ab: ab[t - 1]), "step t = 980 → prev_t = 960: the previous timestep is "
-                                                        "prev_t = 960, not t − 1 = 979"),
-        (ddim_with(at_t, lambda t, p, ab: ab[p]), "prev_t = -1: at the last step .* alphas_cumprod\\[-1\\] is"),
-        (ddim_with(at_t, lambda t, p, ab: ab[max(p, 0)]), "prev_t = -1: .* not alphas_cumprod\\[0\\]"),
+        (ddim_with(at_t, lambda t, p, ab: ab[t - 1]), "step t = 980 → prev_t = 960 .*you stepped to t − 1; "
+                                                        "the previous timestep is the prev_t you are given \\(here 960\\)"),
+        (ddim_with(at_t, lambda t, p, ab: ab[p]), "prev_t = -1 .*at the last step .* alphas_cumprod\\[-1\\] is"),
+        (ddim_with(at_t, lambda t, p, ab: ab[max(p, 0)]), "prev_t = -1 .* not alphas_cumprod\\[0\\]"),
         (ddim_with(at_t, at_prev, sign=-1.0), "sign error in the second term"),
         (ddim_x0_sign, "sign error in x̂0"),
         (lambda e, t, x, p, ab: right_x0(x, e, ab[t]), "you returned x̂0"),

@@ -1,21 +1,15 @@
 """Every chapter notebook is committed clean, listed on the website, and gradable."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from sdlab.grading.release import student_version
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-
-
-def load_release():
-    spec = importlib.util.spec_from_file_location("release", ROOT / "scripts" / "release.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def grader(cell):
@@ -54,6 +48,8 @@ def test_exercises_follow_nbgrader_format(path):
     solutions = [i for i, c in enumerate(cells) if grader(c).get("solution")]
     ids = [grader(c)["grade_id"] for c in cells if grader(c)]
     assert len(ids) == len(set(ids)), "nbgrader grade_ids must be unique"
+    chapter = int(path.name[:2])
+    assert all(i.startswith(f"ch{chapter}-") for i in ids), "grade_ids name their chapter (unique in the course)"
     for i in solutions:
         assert "### BEGIN SOLUTION" in cells[i].source and "### END SOLUTION" in cells[i].source
         check = next(c for c in cells[i + 1 :] if c.cell_type == "code")
@@ -67,10 +63,14 @@ def test_exercises_follow_nbgrader_format(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_student_version_has_no_solutions(path):
     nb = nbformat.read(path, as_version=4)
-    student = load_release().student_version(nb)
+    student = student_version(nb, path.stem)
+    assert student.metadata["sdlab"]["chapter"] == path.stem, "the grader recognises a renamed submission"
     solution_cells = [c for c in student.cells if grader(c).get("solution")]
     for cell in solution_cells:
-        assert "BEGIN SOLUTION" not in cell.source and "raise NotImplementedError()" in cell.source
+        assert "BEGIN SOLUTION" not in cell.source
+        hint = cell.metadata["sdlab"]["hint"]
+        assert "raise NotImplementedError(" in cell.source, "the stub raises"
+        assert repr(f"your answer goes here, then run the check below. Hint: {hint}") in cell.source, "with a hint"
         assert cell.source.lstrip().startswith("def "), "the student keeps the function signature"
     original = [c.source for c in nb.cells if grader(c).get("grade")]
     assert [c.source for c in student.cells if grader(c).get("grade")] == original, "checks are kept as they are"

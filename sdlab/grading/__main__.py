@@ -1,0 +1,3 @@
+from sdlab.grading.grader import main
+
+main()
