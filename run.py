@@ -77,6 +77,7 @@ def venv_env(*, quick: bool) -> dict[str, str]:
     env["VIRTUAL_ENV"] = str(VENV)
     env["HF_HUB_OFFLINE"] = "1"  # the course never needs a model hub offline
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences a debugger warning in kernels
+    env["SDLAB_NO_PROGRESS"] = "1"  # the website shows finished cells: no bar frozen at 0 % (sdlab.progress)
     if quick:
         env["SDLAB_QUICK"] = "1"
     else:

@@ -4,7 +4,8 @@ Notebooks use it as ``import sdlab as sd`` and reach each part by its module:
 ``sd.schedules``, ``sd.images``, ``sd.plotting``, ``sd.widgets``, ``sd.checks``,
 ``sd.silhouettes``, ``sd.data``, ``sd.unet``, ``sd.train``, ``sd.checkpoints``, ``sd.pretrained``,
 ``sd.random``, ``sd.samplers``, ``sd.evaluate``, ``sd.tokenizer``, ``sd.captions``, ``sd.clip``, ``sd.hub``,
-``sd.judge``, ``sd.vae``, ``sd.text_unet``, ``sd.guidance``, ``sd.attention``, ``sd.pipeline``.
+``sd.judge``, ``sd.vae``, ``sd.text_unet``, ``sd.guidance``, ``sd.attention``, ``sd.pipeline``,
+``sd.progress``.
 The most used names are also available at the top level. Every public name
 stays once a chapter uses it.
 """
@@ -24,6 +25,7 @@ from sdlab import (
     pipeline,
     plotting,
     pretrained,
+    progress,
     random,
     samplers,
     schedules,
@@ -57,6 +59,7 @@ __all__ = [
     "pipeline",
     "plotting",
     "pretrained",
+    "progress",
     "random",
     "samplers",
     "schedules",

@@ -182,10 +182,9 @@ def guidance_sweep(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, jud
     """
     from dataclasses import replace
 
-    from tqdm.auto import tqdm
-
     from sdlab.evaluate import frechet_distance
     from sdlab.judge import features, judge_accuracy
+    from sdlab.progress import bar
 
     repeat = torch.arange(len(scenes.captions)).repeat_interleave(per_prompt)
     prompts = [scenes.captions[i] for i in repeat.tolist()]
@@ -194,7 +193,7 @@ def guidance_sweep(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, jud
     batch_size = options.pop("batch_size", 100)
     real = features(judge, reference.images)
     rows = []
-    for scale in tqdm(list(scales), desc="guidance scales", disable=not progress):
+    for scale in bar(list(scales), desc="guidance scales", disable=not progress):
         unconditional = scale == "uncond"
         chosen = [""] * len(prompts) if unconditional else prompts
         images = _generate_in_batches(unet, text_encoder, vae, chosen, batch_size=batch_size,

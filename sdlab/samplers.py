@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
+from sdlab.progress import bar
 from sdlab.random import Generators, randn_tensor
 from sdlab.sampler_base import (
     PredictionType,
@@ -299,7 +299,7 @@ def sample(
     sampler.set_timesteps(num_inference_steps, device=latents.device)
     x = latents * sampler.init_noise_sigma  # x_T
     trajectory = Trajectory(samples=[x.cpu()] if return_trajectory else [])
-    for t in tqdm(sampler.timesteps, desc=type(sampler).__name__, disable=not progress):
+    for t in bar(sampler.timesteps, desc=type(sampler).__name__, disable=not progress):
         model_output = model_fn(sampler.scale_model_input(x, t), t)  # ε̂ (or v̂) at step t
         out = sampler.step(model_output, t, x, **kwargs)  # x_t → x_{t−1}
         x = out.prev_sample

@@ -126,10 +126,9 @@ def encode_scenes(vae: nn.Module, n: int, *, generator: torch.Generator, batch_s
     Captions are varied paraphrases (``sd.captions.paraphrase``; ``drop``: the chance that each of size,
     place and background is left out), so the U-Net learns what the words mean, not one template.
     """
-    from tqdm.auto import tqdm
-
     from sdlab.captions import paraphrase
     from sdlab.data import SCENES, make_scenes
+    from sdlab.progress import bar
     from sdlab.tokenizer import tokenize
     from sdlab.vae import encode
 
@@ -137,7 +136,7 @@ def encode_scenes(vae: nn.Module, n: int, *, generator: torch.Generator, batch_s
     device = next(vae.parameters()).device
     vae.eval()
     latents, ids, captions, labels = [], [], [], []
-    for start in tqdm(range(0, n, batch_size), disable=not progress, desc="encoding scenes"):
+    for start in bar(range(0, n, batch_size), disable=not progress, desc="encoding scenes"):
         batch = make_scenes(min(batch_size, n - start), generator=generator, device=device, **{**SCENES, **scenes})
         words = paraphrase(batch.labels, generator=generator, drop=drop)
         latents.append(encode(vae, batch.images, sample=False).half().cpu())

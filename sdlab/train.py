@@ -27,9 +27,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from sdlab.checkpoints import load_checkpoint, save_checkpoint
+from sdlab.progress import bar as progress_bar
 from sdlab.random import randint, randn_tensor, seed_global, seeded_global_rng
 from sdlab.schedules import NoiseSchedule
 from sdlab.unet import predict_noise
@@ -247,7 +247,7 @@ def fit(
         forward = torch.compile(run.model) if config.compile else run.model
         run.model.train()
         began = time.perf_counter()
-        bar = tqdm(range(run.start, config.steps), initial=run.start, total=config.steps, disable=not progress,
+        bar = progress_bar(range(run.start, config.steps), initial=run.start, total=config.steps, disable=not progress,
                    desc=desc)
         pending: list[torch.Tensor] = []  # logged every 25 steps: no GPU sync per step
         for step in bar:
