@@ -2,7 +2,7 @@
 
 Every function returns its matplotlib ``Figure`` and never calls ``plt.show()``;
 in a notebook the figure appears at the end of the cell. Figures are sized for
-a book page about 10 inches wide. Images are tensors in [-1, 1] (see
+the website's text column: at most ``BOOK_WIDTH`` inches wide. Images are tensors in [-1, 1] (see
 ``sdlab.images``); PIL images and numpy arrays are converted with ``to_tensor``.
 """
 
@@ -30,7 +30,9 @@ __all__ = [
     "show_image_rows",
 ]
 
-BOOK_WIDTH = 10.0  # inches: the width a figure is drawn for
+# inches: the website's 688-pixel column at 100 dpi. A figure drawn wider is shrunk to fit, and its text
+# with it; at this width text of 8 points or more stays at least 10 pixels high on the page.
+BOOK_WIDTH = 6.9
 _COLORS = {"linear": "tab:blue", "cosine": "tab:orange", "scaled_linear": "tab:green"}
 
 
@@ -48,7 +50,10 @@ class CellFigure(Figure):
 
 
 def _subplots(nrows: int, ncols: int, *, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
-    """plt.subplots with a CellFigure, constrained layout and a 2-D array of Axes."""
+    """plt.subplots with a CellFigure, constrained layout and a 2-D array of Axes, never wider than BOOK_WIDTH."""
+    width, height = figsize
+    if width > BOOK_WIDTH:  # keep the shape, fit the column
+        figsize = (BOOK_WIDTH, height * BOOK_WIDTH / width)
     return plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, layout="constrained", FigureClass=CellFigure)
 
 
@@ -103,7 +108,7 @@ def show_images(
     *,
     titles: Sequence[str] | None = None,
     ncols: int | None = None,
-    size: float = 2.0,
+    size: float = 1.35,
     suptitle: str | None = None,
     cmap: str = "gray",
 ) -> Figure:

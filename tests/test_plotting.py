@@ -50,16 +50,16 @@ def test_show_images_batch_tensor(x0):
 
 
 def test_show_images_default_columns_fill_a_book_page(x0):
-    fig = show_images(x0.expand(7, -1, -1, -1), size=2.0)
+    fig = show_images(x0.expand(7, -1, -1, -1), size=1.3)
     assert len(fig.axes) == 7  # the partial second row leaves no empty frames
-    assert fig.get_size_inches()[0] == pytest.approx(plotting.BOOK_WIDTH)  # 5 columns of 2 inches
+    assert fig.get_size_inches()[0] == pytest.approx(5 * 1.3)  # 5 columns of 1.3 inches fill the 6.9 of a page
     rows = {round(ax.get_position().y0, 3) for ax in fig.axes}
     assert len(rows) == 2
 
 
 def test_show_images_ncols_and_single_image(x0):
     fig = show_images(x0.expand(7, -1, -1, -1), ncols=3)
-    assert len(fig.axes) == 7 and fig.get_size_inches()[0] == pytest.approx(6.0)
+    assert len(fig.axes) == 7 and fig.get_size_inches()[0] == pytest.approx(3 * 1.35)
     assert len(show_images(x0).axes) == 1  # one (C, H, W) tensor
     assert len(show_images([x0], ncols=10).axes) == 1
 
@@ -80,7 +80,7 @@ def test_show_images_mixed_list_and_grayscale(x0):
         (dict(titles="abc"), TypeError, r"titles must be a list of strings, one per image; got str"),
         (dict(ncols=0), ValueError, r"ncols must be a positive int or None; got 0"),
         (dict(ncols=2.5), ValueError, r"ncols must be a positive int or None; got 2.5"),
-        (dict(size=0), ValueError, r"size must be a number of inches in \(0, 10.0\]; got 0"),
+        (dict(size=0), ValueError, r"size must be a number of inches in \(0, 6.9\]; got 0"),
         (dict(size=20), ValueError, r"size must be a number of inches"),
     ],
 )
@@ -220,7 +220,7 @@ def test_plotting_options_take_numpy_scalars(x0):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda x0: show_images([x0], size=float("nan")), r"size must be a number of inches in \(0, 10.0\]; got nan"),
+    (lambda x0: show_images([x0], size=float("nan")), r"size must be a number of inches in \(0, 6.9\]; got nan"),
     (lambda x0: show_images([x0], ncols=np.float64(2)), r"ncols must be a positive int or None; got np.float64\(2.0\)"),
     (lambda x0: plotting.moving_average([1.0], True), "window must be a positive int; got True"),
     (lambda x0: plotting.plot_noise_guesses(*[x0[None]] * 4, [1], noise_scale=float("inf")),
