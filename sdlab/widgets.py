@@ -38,6 +38,16 @@ _ICON_TEXT = {
     "fa-step-forward": "\u203a", "fa-fast-forward": "\u21e5", "fa-plus": "+",
 }
 _ICON = re.compile(r'<i class="fa ([^"]+)"></i>')
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # a widget manager's mimetype
+
+
+def _widget_view(widget: Any) -> dict[str, Any]:
+    """The bundle entry a widget manager draws a live widget from, on ipywidgets 7 and 8 alike.
+
+    ipywidgets 8 returns it from ``Widget._repr_mimebundle_``; 7 (preinstalled on Colab) has no such
+    method and publishes it from ``_ipython_display_`` instead. Both build it from ``get_view_spec()``.
+    """
+    return {_WIDGET_VIEW: widget.get_view_spec()}
 
 
 def _offline_buttons(html: str) -> str:
@@ -266,7 +276,7 @@ class TimestepPlayer:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Widget view, HTML player and plain text; the front-end picks the richest it can show."""
-        bundle = dict(self.widget()._repr_mimebundle_() or {})
+        bundle = _widget_view(self.widget())
         bundle["text/html"] = self.to_html()
         bundle["text/plain"] = repr(self)
         return bundle
@@ -385,7 +395,7 @@ class PromptBox:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Widget view, the example's HTML and plain text; the front-end picks the richest it can show."""
         example = self.render(self.value)
-        bundle = dict(self.widget(first_view=example)._repr_mimebundle_() or {})
+        bundle = _widget_view(self.widget(first_view=example))
         bundle["text/html"] = f"<p><code>{html.escape(self.value)}</code></p>" + example
         bundle["text/plain"] = repr(self)
         return bundle

@@ -50,6 +50,27 @@ def test_bundle_has_widget_html_and_text(player):
     assert bundle["text/plain"] == "<TimestepPlayer: t in [0, 100, 200, 300, ...] (11 frames)>"
 
 
+def test_live_view_does_not_need_ipywidgets_8s_display_hook(player, monkeypatch):
+    """Colab preinstalls ipywidgets 7, whose widgets have no _repr_mimebundle_ (they use _ipython_display_)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    from sdlab.widgets import prompt_box
+
+    widget = player.widget()
+    view = {"version_major": 2, "version_minor": 0, "model_id": widget.model_id}  # the widget-view mimetype, v2.0
+    if hasattr(widget, "_repr_mimebundle_"):  # ipywidgets 8: what its own hook gives
+        assert widget._repr_mimebundle_()[WIDGET_MIME] == view
+    for cls in type(widget).__mro__:  # now make the widgets look like ipywidgets 7's
+        if "_repr_mimebundle_" in vars(cls):
+            monkeypatch.delattr(cls, "_repr_mimebundle_")
+    assert not hasattr(widget, "_repr_mimebundle_")
+    data, _ = DisplayFormatter().format(player)  # as IPython displays a cell's value (it prints, not raises, errors)
+    assert data[WIDGET_MIME] == view and set(data) == {WIDGET_MIME, "text/html", "text/plain"}
+    data, _ = DisplayFormatter().format(prompt_box(str.upper, "a cat"))
+    assert set(data[WIDGET_MIME]) == set(view) and re.fullmatch(r"[0-9a-f]{32}", data[WIDGET_MIME]["model_id"])
+    assert "A CAT" in data["text/html"]
+
+
 def test_html_player_embeds_every_frame(player):
     html = player.to_html()
     assert html.count("<img") == 1
