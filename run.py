@@ -18,9 +18,9 @@ import argparse
 import hashlib
 import http.server
 import os
-import shutil
 import subprocess
 import sys
+import time
 import venv
 from functools import partial
 from pathlib import Path
@@ -86,11 +86,19 @@ def venv_env(*, quick: bool) -> dict[str, str]:
 
 
 def build_book(*, quick: bool, out: Path) -> None:
-    """Run `jupyter-book build` executing every notebook; any warning or error fails."""
+    """Execute the notebooks that changed (in parallel, into the cache), then `jupyter-book build`.
+
+    Any warning or error fails the build; so does a notebook that does not run.
+    """
     say(f"building the book into {out.relative_to(ROOT)} ({'quick' if quick else 'full'} mode)")
-    shutil.rmtree(out / "_build" / "jupyter_execute", ignore_errors=True)
+    started = time.monotonic()
+    execute = [str(PY), str(ROOT / "scripts" / "execute_notebooks.py"), str(out / "_build" / ".jupyter_cache"),
+               "--doctrees", str(out / "_build" / ".doctrees")]
+    if subprocess.run(execute, cwd=ROOT, env=venv_env(quick=quick)).returncode != 0:
+        raise SystemExit("a notebook failed to run, so the book was not built; see its error above")
     cmd = [str(BIN / "jupyter-book"), "build", ".", "-W", "--keep-going", "--path-output", str(out)]
     code = subprocess.run(cmd, cwd=ROOT, env=venv_env(quick=quick)).returncode
+    say(f"the book build took {time.monotonic() - started:.0f} s")
     if code != 0:
         raise SystemExit(f"the book build failed (exit {code}); see the messages above")
 
