@@ -352,8 +352,18 @@ def receptive_field(config_or_model: UNetConfig | UNet) -> int:
     return b - a + 1
 
 
+def _fit(line: str, width: int = 79) -> list[str]:
+    """One summary line cut after ", " into lines of at most ``width`` characters (the book's column)."""
+    lines = []
+    while len(line) > width and (cut := line.rfind(", ", 0, width)) > 4:
+        lines.append(line[:cut + 1])
+        line = "    " + line[cut + 2:]
+    return [*lines, line]
+
+
 def describe(model: UNet) -> str:
-    """A few lines for a notebook: parameters, resolutions, where attention is, conditioning, receptive field."""
+    """A few lines for a notebook, cut to the book's 79-character column: parameters, resolutions, attention,
+    conditioning, receptive field."""
     if not isinstance(model, UNet):
         raise TypeError(f"describe expects an sdlab UNet; got {type(model).__name__}")
     c, n = model.config, count_parameters(model)
@@ -369,8 +379,11 @@ def describe(model: UNet) -> str:
     cond = ["timestep"] + ([f"{c.num_classes} classes (+ null class {c.num_classes})"] if c.num_classes else [])
     cond += [f"text context of dim {c.context_dim} (cross-attention)"] if c.context_dim else []
     lines.append("  conditioning: " + ", ".join(cond))
-    rf = f"{receptive_field(c)} px (the image is {c.sample_size} px)"
-    where = ", ".join(f"{c.level_sizes[lvl]}×{c.level_sizes[lvl]}" for lvl in sorted(c.attention_levels))
-    lines.append(f"  receptive field: whole image (self-attention at {where}); convolutions alone: {rf}"
-                 if c.attention_levels else f"  receptive field of the convolutions: {rf}")
-    return "\n".join(lines)
+    rf, image = receptive_field(c), f"(the image is {c.sample_size} px)"
+    if c.attention_levels:
+        where = ", ".join(f"{c.level_sizes[lvl]}×{c.level_sizes[lvl]}" for lvl in sorted(c.attention_levels))
+        lines += [f"  receptive field {image}:",
+                  f"    whole image (self-attention at {where}); convolutions alone: {rf} px"]
+    else:
+        lines.append(f"  receptive field of the convolutions: {rf} px {image}")
+    return "\n".join(part for line in lines for part in _fit(line))

@@ -102,10 +102,29 @@ def _setting(pattern: str, text: str) -> str:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_the_colab_set_up_cell_installs_this_repository_and_the_pinned_silhouettes(path):
+def test_the_colab_set_up_cell_installs_this_repository_and_the_pinned_packages(path):
     url = _setting(r"^\s+url:\s*(\S+)", (ROOT / "_config.yml").read_text())  # "the one place" naming the repository
     pin = _setting(r"^(animal-mnist==\S+)", (ROOT / "requirements-nodeps.txt").read_text())
     first = nbformat.read(path, as_version=4).cells[0]
     assert first.cell_type == "code" and "google.colab" in first.source, f"{path.name}: cell 0 is not the set-up cell"
     assert f'"sdlab @ git+{url}"' in first.source, f"{path.name}: the set-up cell does not install {url}"
-    assert f"--no-deps {pin}" in first.source, f"{path.name}: the set-up cell does not install {pin}"
+    assert f'"--no-deps", "{pin}"' in first.source, f"{path.name}: the set-up cell does not install {pin}"
+    clip = _setting(r"^(clip-anytorch==\S+)", (ROOT / "requirements-nodeps.txt").read_text())
+    if "sd.tokenizer" in "".join(cell.source for cell in nbformat.read(path, as_version=4).cells):
+        assert f'"{clip}"' in first.source, f"{path.name} uses CLIP's vocabulary: its set-up cell must install {clip}"
+    # pip's own "you may need to restart the kernel" (printed by %pip) would be wrong here: nothing was imported yet
+    assert "%pip" not in first.source and "No restart is needed" in first.source
+
+
+def test_the_colab_set_up_cell_installs_in_a_kernel_that_looks_like_colab(monkeypatch, capsys):
+    """Cell 0 run as Colab would run it: two pip calls into this Python, then the plain message."""
+    import subprocess
+    import sys
+    import types
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    exec(nbformat.read(NOTEBOOKS[0], as_version=4).cells[0].source, {})
+    assert [c[:5] for c in calls] == [[sys.executable, "-m", "pip", "install", "-q"]] * 2
+    assert "No restart is needed" in capsys.readouterr().out
