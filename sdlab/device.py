@@ -21,7 +21,8 @@ def pick_device(*, verbose: bool = True) -> torch.device:
         detail = "Apple GPU (Metal)"
     else:
         device = torch.device("cpu")
-        detail = f"{torch.get_num_threads()} CPU threads"
+        threads = torch.get_num_threads()
+        detail = f"{threads} CPU thread{'s' if threads != 1 else ''}"
     if verbose:
         print(f"sdlab is using {device.type.upper()}: {detail}")
     return device

@@ -9,6 +9,7 @@ the website's text column: at most ``BOOK_WIDTH`` inches wide. Images are tensor
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
 # inches: the website's 688-pixel column at 100 dpi. A figure drawn wider is shrunk to fit, and its text
 # with it; at this width text of 8 points or more stays at least 10 pixels high on the page.
 BOOK_WIDTH = 6.9
+_TITLE_CHARS_PER_INCH = 11  # characters of a 10-point title per inch of width
 _COLORS = {"linear": "tab:blue", "cosine": "tab:orange", "scaled_linear": "tab:green"}
 
 
@@ -117,9 +119,9 @@ def show_images(
     Args:
         images: a (B, C, H, W) tensor in [-1, 1], one (C, H, W) tensor, or a list of
             (C, H, W) tensors / PIL images / numpy arrays (C = 1 or 3).
-        titles: one title per image.
-        ncols: images per row; default: as many as fit a 10-inch page at ``size`` inches each.
-        size: width and height of each image in inches.
+        titles: one title per image, wrapped to the width its image has on the page.
+        ncols: images per row; default: as many as fit the page (``BOOK_WIDTH``) at ``size`` inches each.
+        size: width and height of each image in inches (less when ``ncols`` of them would not fit the page).
         suptitle: a title over the whole grid.
         cmap: colour map for one-channel images.
 
@@ -134,7 +136,12 @@ def show_images(
         ncols = min(len(items), max(1, int(BOOK_WIDTH // size)))
     ncols = min(ncols, len(items))
     nrows = math.ceil(len(items) / ncols)
-    title_room = 0.3 if titles is not None else 0.0
+    size = min(size, BOOK_WIDTH / ncols)  # the width each image gets on the page
+    width = max(4, round(size * _TITLE_CHARS_PER_INCH))
+    labels = [textwrap.fill(label, width, break_long_words=False, break_on_hyphens=False) if label else label
+              for label in labels]
+    lines = max((label.count("\n") + 1 for label in labels if label), default=0)
+    title_room = 0.3 + 0.17 * (lines - 1) if titles is not None else 0.0
     fig, axes = _subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + title_room) + (0.4 if suptitle else 0)))
     for i, ax in enumerate(axes.flat):
         if i < len(items):
@@ -455,8 +462,6 @@ def show_captioned_images(
     Returns:
         The figure, with one Axes per image.
     """
-    import textwrap
-
     items = _image_list(images)
     labels = _check_titles(captions, len(items), name="captions")
     ncols = positive_int(ncols, "ncols")

@@ -254,3 +254,10 @@ def test_captions_wrap_to_the_width_of_their_picture():
     assert longest[0] <= 20 < longest[1] <= 41
     with pytest.raises(ValueError, match="size must be a number of inches"):
         plotting.show_captioned_images(images, [caption] * 2, size="big")
+
+
+def test_show_images_wraps_titles_to_the_width_of_their_image(x0):
+    fig = show_images(x0.expand(8, -1, -1, -1), titles=["DDIM sampler (ours)"] * 8, ncols=8, size=1.2)
+    assert fig.get_size_inches()[0] == pytest.approx(plotting.BOOK_WIDTH)  # 8 x 1.2 in, fitted to the page
+    assert fig.axes[0].get_title() == "DDIM\nsampler\n(ours)"  # 9 characters fit 6.9 / 8 in; words stay whole
+    assert show_images(x0.expand(2, -1, -1, -1), titles=["t = 5", "t = 9"]).axes[0].get_title() == "t = 5"
