@@ -431,8 +431,9 @@ def images_html(images: Any, *, captions: Sequence[str] | None = None, pixels: i
         picture.save(buffer, format="PNG")
         source = base64.b64encode(buffer.getvalue()).decode("ascii")
         caption = f'<br><small>{html.escape(labels[k])}</small>' if labels else ""
+        alt = html.escape(f"picture {k + 1}: {labels[k]}" if labels else f"picture {k + 1}", quote=True)
         cells.append(f'<div style="width:{pixels}px;text-align:center;font-size:12px">'
-                     f'<img src="data:image/png;base64,{source}" width="{pixels}" alt="picture {k + 1}">'
+                     f'<img src="data:image/png;base64,{source}" width="{pixels}" alt="{alt}">'
                      f"{caption}</div>")
     return f'<div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(cells)}</div>'
 

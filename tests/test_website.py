@@ -91,6 +91,19 @@ def test_figures_are_drawn_for_the_column():
     assert not wide, f"figures wider than the column, whose text the page shrinks below 10 px: {wide}"
 
 
+def test_every_figure_has_a_caption_and_alt_text_that_describes_it():
+    bare = []
+    for name, soup in chapters():
+        for img in soup.select("div.cell_output img[src]"):
+            if img["src"].startswith("data:"):
+                continue
+            figure = img.find_parent("figure")
+            alt = img.get("alt", "")
+            if figure is None or figure.find("figcaption") is None or "_images/" in alt or len(alt.split()) < 5:
+                bare.append((name, img["src"][-20:], alt[:40]))
+    assert not bare, f"figures without a caption or with a file name for alt text: {bare}"
+
+
 def test_figure_text_is_never_set_below_8_points():
     root = Path(__file__).resolve().parents[1]
     sources = [*sorted((root / "notebooks").glob("*.ipynb")), *sorted((root / "sdlab").rglob("*.py"))]

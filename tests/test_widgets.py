@@ -273,6 +273,7 @@ def test_images_html_embeds_every_picture_with_its_caption():
     page = sd.widgets.images_html(images, captions=["dark", "grey <b>", "light"], pixels=32)
     sources = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(sources) == 3 and "grey &lt;b&gt;" in page and "http" not in page
+    assert re.findall(r'alt="([^"]+)"', page) == ["picture 1: dark", "picture 2: grey &lt;b&gt;", "picture 3: light"]
     first = Image.open(io.BytesIO(base64.b64decode(sources[0])))
     assert first.size == (32, 32) and first.getpixel((0, 0)) == (0, 0, 0)
     with pytest.raises(ValueError, match="captions has 1 entries but there are 3 pictures"):
