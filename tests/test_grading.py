@@ -193,3 +193,16 @@ def test_answers_are_found_by_label_then_by_function():
 def test_students_are_named_by_folder_or_file(tmp_path):
     assert student_of(tmp_path / "alice" / "ch1" / "x.ipynb", tmp_path) == "alice"
     assert student_of(tmp_path / "bob.ipynb", tmp_path) == "bob"
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--jobs", "0"], "--jobs must be at least 1; got 0"),
+    (["--time-limit", "-5"], "--time-limit must be a positive number of seconds; got -5.0"),
+    (["--cell-time-limit", "nan"], "--cell-time-limit must be a positive number of seconds; got nan"),
+])
+def test_the_command_rejects_options_that_make_no_sense(tmp_path, capsys, option, message):
+    from sdlab.grading.grader import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), *option])
+    assert message in capsys.readouterr().err

@@ -323,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, action="append", default=None,
                         help="hidden seed (repeat for several; default: two drawn at random, saved in seeds.json)")
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1; got {args.jobs}")
+    for flag, seconds in (("--time-limit", args.time_limit), ("--cell-time-limit", args.cell_time_limit)):
+        if not seconds > 0:  # also rejects nan
+            parser.error(f"{flag} must be a positive number of seconds; got {seconds}")
     if not args.submissions.is_dir():
         raise SystemExit(f"{args.submissions} is not a folder of notebooks")
     seeds = [0, *args.seed] if args.seed else None
