@@ -206,3 +206,17 @@ def test_the_command_rejects_options_that_make_no_sense(tmp_path, capsys, option
     with pytest.raises(SystemExit):
         main([str(tmp_path), *option])
     assert message in capsys.readouterr().err
+
+
+def test_a_release_replaces_an_earlier_release_and_never_another_folder(tmp_path):
+    out = tmp_path / "release"
+    write_release(out)
+    (out / "stale.ipynb").write_text("{}")
+    write_release(out)
+    assert not (out / "stale.ipynb").exists() and (out / "exercises.csv").exists()
+    precious = tmp_path / "my_notes"
+    precious.mkdir()
+    (precious / "thesis.md").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not an earlier release"):
+        write_release(precious)
+    assert (precious / "thesis.md").read_text() == "years of work"

@@ -26,6 +26,8 @@ from sdlab.grading.exercises import NOTEBOOKS, exercises_of
 
 __all__ = ["student_version", "write_release"]
 
+MARKER = ".sdlab-release"  # in a release folder: the next release may replace it
+
 STUDENT_README = """\
 # sdlab: the exercises
 
@@ -77,9 +79,12 @@ def student_version(nb: nbformat.NotebookNode, chapter: str | None = None) -> nb
 def write_release(out_dir: Path, source: Path = NOTEBOOKS) -> list[Path]:
     """Write every chapter's student version, a README for students and exercises.csv into ``out_dir``."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not (out_dir / MARKER).exists():  # never empty a folder this command did not write
+            raise FileExistsError(f"{out_dir} is not empty and is not an earlier release: choose a new folder")
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("written by `python3 run.py release`; the next release replaces this folder\n")
     written, lines, rows = [], [], []
     for path in sorted(Path(source).glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
@@ -97,7 +102,11 @@ def write_release(out_dir: Path, source: Path = NOTEBOOKS) -> list[Path]:
 
 def main(argv: list[str]) -> None:
     out_dir = Path(argv[0]) if argv else Path("build/release")
-    for path in write_release(out_dir):
+    try:
+        written = write_release(out_dir)
+    except FileExistsError as error:
+        raise SystemExit(str(error)) from None
+    for path in written:
         print(f"wrote {path}")
     print(f"wrote {out_dir / 'README.md'} and {out_dir / 'exercises.csv'}: hand out the folder as it is")
 
