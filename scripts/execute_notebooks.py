@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     config = yaml.safe_load((ROOT / "_config.yml").read_text())["execute"]
     stamp_file, times_file = args.cache / "sdlab-inputs.sha256", args.cache / "sdlab-seconds.json"
     stamp = inputs_stamp()
+    seconds = json.loads(times_file.read_text()) if times_file.exists() else {}  # read before any clearing
     if args.cache.exists() and (not stamp_file.exists() or stamp_file.read_text() != stamp):
         print("[execute] sdlab, its weights or the pins changed: running every notebook again", flush=True)
         shutil.rmtree(args.cache)
     args.cache.mkdir(parents=True, exist_ok=True)
     cache = get_cache(args.cache)
-    seconds = json.loads(times_file.read_text()) if times_file.exists() else {}
     todo = []
     for path in book_notebooks():
         try:
@@ -89,14 +89,15 @@ def main(argv: list[str] | None = None) -> None:
         except KeyError:
             todo.append(str(path))
     todo.sort(key=lambda p: -seconds.get(Path(p).name, 0.0))  # longest first: the cores finish together
+    stamp_file.write_text(stamp)
     if not todo:
         print("[execute] every notebook is cached and unchanged", flush=True)
-    jobs = max(1, min(args.jobs, len(todo) or 1))
+        return
+    jobs = max(1, min(args.jobs, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
     started = time.monotonic()
-    if todo:
-        print(f"[execute] running {len(todo)} notebook(s), {jobs} at a time, {threads} thread(s) each", flush=True)
+    print(f"[execute] running {len(todo)} notebook(s), {jobs} at a time, {threads} thread(s) each", flush=True)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_execute, path, int(config.get("timeout", 1800)), threads) for path in todo]
         for future in as_completed(futures):
@@ -114,10 +115,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.doctrees:  # new outputs for unchanged code: make Sphinx read the page again
                 (args.doctrees / Path(path).relative_to(ROOT).with_suffix(".doctree")).unlink(missing_ok=True)
             print(f"[execute] {name} executed in {took:.1f} s", flush=True)
-    stamp_file.write_text(stamp)
     times_file.write_text(json.dumps(seconds, indent=1))
-    if todo:
-        print(f"[execute] done in {time.monotonic() - started:.0f} s", flush=True)
+    print(f"[execute] done in {time.monotonic() - started:.0f} s", flush=True)
     for name, error in failed:
         print(f"\n[execute] {name} raised:\n{error}", file=sys.stderr)
     if failed:

@@ -55,6 +55,12 @@ def chapters():
     return [(page.name, BeautifulSoup(page.read_text(errors="replace"), "html.parser")) for page in found]
 
 
+def figures():
+    """(page, <img>) of every figure a chapter's cells drew: image files, not a player's inline frames."""
+    return [(name, img) for name, soup in chapters() for img in soup.select("div.cell_output img[src]")
+            if not img["src"].startswith("data:")]
+
+
 def output_text(soup) -> list[str]:
     return [block.get_text() for block in soup.select("div.cell_output")]
 
@@ -80,27 +86,21 @@ def test_figures_are_drawn_for_the_column():
     from PIL import Image
 
     wide = []
-    for name, soup in chapters():
-        for img in soup.select("div.cell_output img[src]"):
-            if img["src"].startswith("data:"):  # a player's frames: drawn in pixels for the column already
-                continue
-            with Image.open(SITE / "notebooks" / img["src"]) as image:
-                dpi = image.info.get("dpi", (100, 100))[0]
-                if image.width / dpi > COLUMN_INCHES:
-                    wide.append((name, img["src"], f"{image.width / dpi:.1f} in"))
+    for name, img in figures():
+        with Image.open(SITE / "notebooks" / img["src"]) as image:
+            dpi = image.info.get("dpi", (100, 100))[0]
+            if image.width / dpi > COLUMN_INCHES:
+                wide.append((name, img["src"], f"{image.width / dpi:.1f} in"))
     assert not wide, f"figures wider than the column, whose text the page shrinks below 10 px: {wide}"
 
 
 def test_every_figure_has_a_caption_and_alt_text_that_describes_it():
     bare = []
-    for name, soup in chapters():
-        for img in soup.select("div.cell_output img[src]"):
-            if img["src"].startswith("data:"):
-                continue
-            figure = img.find_parent("figure")
-            alt = img.get("alt", "")
-            if figure is None or figure.find("figcaption") is None or "_images/" in alt or len(alt.split()) < 5:
-                bare.append((name, img["src"][-20:], alt[:40]))
+    for name, img in figures():
+        figure = img.find_parent("figure")
+        alt = img.get("alt", "")
+        if figure is None or figure.find("figcaption") is None or "_images/" in alt or len(alt.split()) < 5:
+            bare.append((name, img["src"][-20:], alt[:40]))
     assert not bare, f"figures without a caption or with a file name for alt text: {bare}"
 
 
