@@ -70,6 +70,7 @@ class Run:
     out: Path | None = None  # where the weights go; None: the registry's path (sd.pretrained.weights_dir moves it)
     build: Path = Path("build")  # training checkpoints (NAME-run.safetensors, resumed if present) and caches
     eval_scenes: int | None = None  # held-out scenes the record's figures are measured on; None: each recipe's own
+    start: Path | None = None  # a two-phase recipe: its first phase's weights (a folder); None: train that phase
 
     def train_config(self, recipe: Any) -> sd.train.TrainConfig:
         """The recipe's `sdlab.train.TrainConfig`, with this run's steps and batch size where given."""
@@ -86,6 +87,27 @@ class Run:
     def target(self, name: str) -> Path:
         """Where the weights of ``name`` go: `out`, else the registry's path."""
         return Path(self.out or REGISTRY[name].path)
+
+
+def _first_phase(name: str, recipe: Any, run: Run) -> tuple[Path, dict] | None:
+    """The folder and record of the weights a two-phase recipe trains on from (None: it starts from random ones).
+
+    ``run.start`` names them; otherwise the first phase (``recipe.start``) is trained now, into ``build/``.
+    """
+    if recipe.start is None:
+        return None
+    folder = run.start or run.build / f"{name}-phase1"
+    if run.start is None and not (folder / RECORD_FILE).is_file():
+        print(f"{name}: training its first phase into {folder}")
+        train(name, recipe.start, dataclasses.replace(run, out=folder, steps=None, batch_size=None))
+    if not (folder / RECORD_FILE).is_file():
+        raise SystemExit(f"--start {folder}: no {RECORD_FILE} there (a folder written by train_weights.py)")
+    return folder, json.loads((folder / RECORD_FILE).read_text())
+
+
+def _phase_name(name: str, recipe: Any) -> str:
+    """The checkpoint name of a phase: a first phase (trained as ``start`` of another) keeps its own."""
+    return name if getattr(recipe, "start", None) is not None else f"{name}-phase1"
 
 
 def train_unet(name: str, recipe: DiffusionRecipe, run: Run = Run()) -> dict:
@@ -186,33 +208,42 @@ def train_vae(name: str, recipe: VAERecipe, run: Run = Run()) -> dict:
 def train_clip(name: str, recipe: CLIPRecipe, run: Run = Run()) -> dict:
     device = sd.pick_device()
     config = run.train_config(recipe)
+    first = _first_phase(name, recipe, run)
     with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
         model = sd.clip.MiniCLIP(sd.clip.MiniCLIPConfig(**recipe.config)).to(device)
-    print(f"{name}: {sd.unet.count_parameters(model):,} parameters\n{config}")
-    data = functools.partial(sd.clip.clip_batch, hard_fraction=recipe.hard_fraction)
-    result = sd.train.fit(model, sd.clip.clip_loss, data, config=config, checkpoint=run.checkpoint(name),
-                          resume=True, desc=name)
+    if first:
+        model = sd.clip.MiniCLIP.from_pretrained(first[0]).float().to(device)
+    print(f"{name}: {sd.unet.count_parameters(model):,} parameters{', from ' + str(first[0]) if first else ''}\n"
+          f"{config}")
+    data = functools.partial(sd.clip.clip_batch, hard_fraction=recipe.hard_fraction,
+                             swap_fraction=recipe.swap_fraction, drop=recipe.drop, drop_colour=recipe.drop_colour)
+    result = sd.train.fit(model, sd.clip.clip_loss, data, config=config,
+                          checkpoint=run.checkpoint(_phase_name(name, recipe)), resume=True, desc=name)
     final = sum(result.losses[-50:]) / len(result.losses[-50:])
     info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": dict(sd.clip.SCENES),
-            "hard_fraction": recipe.hard_fraction,
+            "hard_fraction": recipe.hard_fraction, "recipe": dataclasses.asdict(recipe),
             "final_loss": round(final, 4), "losses": [round(x, 4) for x in result.losses],
             "trained_on": _machine(device), "seconds": round(result.seconds, 1) if result.seconds > 1 else None,
             "pairs_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
+    if first:
+        info["start"] = first[1]
     out = run.target(name)
     replace_folder(out, lambda folder: result.model.save_pretrained(folder, info=info))
     print(f"wrote {out}: final loss {final:.4f}, {result.images_per_second:.0f} pairs/s, {result.seconds:.0f} s")
     return info
 
 
-def _encoded_scenes(vae, n: int, seed: int, device, build: Path) -> tuple[sd.text_unet.LatentScenes, float]:
-    """`sd.text_unet.encode_scenes` and its seconds, kept in ``build`` between runs (keyed by n, seed, VAE weights)."""
-    weights = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in vae.parameters())).hexdigest()
-    cache = build / f"latent-scenes-{n}-{seed}-{weights[:12]}.pt"
+def _encoded_scenes(vae, n: int, seed: int, device, build: Path, **captions) -> tuple[sd.text_unet.LatentScenes, float]:
+    """`sd.text_unet.encode_scenes` and its seconds, kept in ``build`` between runs (keyed by n, seed, VAE weights,
+    the caption settings and the caption grammar)."""
+    weights = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in vae.parameters()))
+    weights.update(json.dumps(captions, sort_keys=True).encode() + Path(sd.captions.__file__).read_bytes())
+    cache = build / f"latent-scenes-{n}-{seed}-{weights.hexdigest()[:12]}.pt"
     if cache.exists():
         stored = torch.load(cache)
         return sd.text_unet.LatentScenes(**stored["data"]), stored["seconds"]
     start = time.perf_counter()
-    data = sd.text_unet.encode_scenes(vae, n, generator=torch.Generator(device).manual_seed(seed))
+    data = sd.text_unet.encode_scenes(vae, n, generator=torch.Generator(device).manual_seed(seed), **captions)
     seconds = time.perf_counter() - start
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"data": dataclasses.asdict(data), "seconds": seconds}, cache.with_suffix(".tmp"))
@@ -226,19 +257,24 @@ def train_text_unet(name: str, recipe: TextUNetRecipe, run: Run = Run()) -> dict
     vae = sd.pretrained.load_pretrained("vae_f4", device=device)[0]
     text = sd.pretrained.load_pretrained("miniclip", device=device)[0].text_model.float().eval()
     # the seconds of the first encoding, also when the scenes come from the cache
-    data, encoding = _encoded_scenes(vae, recipe.scenes, recipe.seed, device, run.build)
+    data, encoding = _encoded_scenes(vae, recipe.scenes, recipe.seed, device, run.build, drop=recipe.drop,
+                                     drop_colour=recipe.drop_colour)
+    first = _first_phase(name, recipe, run)
     with sd.random.seeded_global_rng(recipe.seed):  # the initial weights
         unet = sd.text_unet.make_text_unet(block_out_channels=recipe.block_out_channels, attention=recipe.attention,
                                            cross_attention_dim=text.config.hidden_size,
-                                           attention_head_dim=recipe.attention_head_dim).to(device)
+                                           attention_head_dim=recipe.attention_head_dim,
+                                           pooled_text=recipe.pooled_text).to(device)
+    if first:
+        sd.text_unet.load_into(unet, first[0])
     print(f"{name}: {sd.unet.count_parameters(unet):,} parameters, {len(data)} scenes encoded in {encoding:.0f} s\n"
           f"{config}")
     loss = functools.partial(sd.text_unet.text_unet_loss, schedule=sd.NoiseSchedule(recipe.schedule),
                              text_encoder=text, caption_dropout=recipe.caption_dropout,
                              prediction_type=recipe.prediction_type, snr_gamma=recipe.snr_gamma)
     trial = run.out.name if run.out else name  # parallel trial runs keep their own checkpoints
-    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=run.checkpoint(trial), resume=True,
-                          desc=trial)
+    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=run.checkpoint(_phase_name(trial, recipe)),
+                          resume=True, desc=trial)
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
     info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": recipe.scenes,
             "scene_settings": dict(sd.data.SCENES), "caption_dropout": recipe.caption_dropout,
@@ -248,6 +284,8 @@ def train_text_unet(name: str, recipe: TextUNetRecipe, run: Run = Run()) -> dict
             "losses": [round(x, 5) for x in result.losses[::10]], "trained_on": _machine(device),
             "encoding_seconds": round(encoding, 1), "seconds": round(result.seconds, 1),
             "images_per_second": round(result.images_per_second, 1), "date": time.strftime("%Y-%m-%d")}
+    if first:
+        info["start"] = first[1]
 
     def write(folder: Path) -> None:
         result.ema.save_pretrained(folder, safe_serialization=True)
@@ -318,6 +356,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--start", type=Path, help="a two-phase recipe: begin from these first-phase weights (a "
+                        "folder train_weights.py wrote) instead of training the first phase")
     parser.add_argument("--rescore", action="store_true", help="autoencoders: re-measure the shipped model only")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change one field of the recipe (a JSON value or a string), e.g. --set snr_gamma=5")
@@ -335,7 +375,7 @@ def main() -> None:
             parser.error("--rescore is for the autoencoders (vae_f4, vae_f8)")
         rescore_vae(args.name)
     else:
-        train(args.name, recipe, Run(steps=args.steps, batch_size=args.batch_size, out=args.out))
+        train(args.name, recipe, Run(steps=args.steps, batch_size=args.batch_size, out=args.out, start=args.start))
 
 
 if __name__ == "__main__":

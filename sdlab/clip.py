@@ -35,7 +35,8 @@ from sdlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from sdlab.data import SCENES as _SCENES
 from sdlab.validation import number_in_range, one_of, positive_int
 
-__all__ = ["MiniCLIPConfig", "ImageTower", "MiniCLIP", "contrastive_loss", "similarity_matrix", "ATTRIBUTES",
+__all__ = ["MiniCLIPConfig", "ImageTower", "MiniCLIP", "save_text_encoder", "load_text_encoder", "check_loaded",
+           "contrastive_loss", "similarity_matrix", "ATTRIBUTES",
            "text_embeddings", "class_embeddings", "zero_shot", "zero_shot_accuracy", "probe_accuracy", "SCENES",
            "clip_batch", "clip_loss"]
 
@@ -155,8 +156,7 @@ class MiniCLIP(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike, *, info: dict | None = None) -> Path:
         """Write ``text_encoder/`` (transformers' format, float16, loadable without sdlab) and ``heads.safetensors``."""
         folder = Path(folder)
-        with _quiet_transformers():
-            copy.deepcopy(self.text_model).to(torch.float16).save_pretrained(folder / "text_encoder")
+        save_text_encoder(self.text_model, folder / "text_encoder")
         heads = nn.ModuleDict({"text_projection": self.text_projection, "image_model": self.image_model})
         heads.register_parameter("logit_scale", self.logit_scale)
         save_checkpoint(folder / "heads.safetensors", model=heads, info={"config": asdict(self.config)})
@@ -178,13 +178,70 @@ class MiniCLIP(nn.Module):
         if config.text_width != width:
             raise CheckpointError(f"{folder}: text_encoder is {width} wide but heads expect {config.text_width}")
         model = cls(config)
-        with _quiet_transformers():
-            model.text_model = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32,
-                                                             local_files_only=local_files_only)
+        model.text_model = load_text_encoder(folder / "text_encoder", local_files_only=local_files_only)
         heads = nn.ModuleDict({"text_projection": model.text_projection, "image_model": model.image_model})
         heads.register_parameter("logit_scale", model.logit_scale)
         load_checkpoint(folder / "heads.safetensors", model=heads)
         return model
+
+
+PREFIX = "text_model."  # the names transformers 4 gives CLIPTextModel's weights; 5 reads them too
+
+
+def save_text_encoder(text_model: CLIPTextModel, folder: str | os.PathLike, *,
+                      dtype: torch.dtype = torch.float16) -> Path:
+    """``save_pretrained`` of a text tower, its weights named as every transformers version reads them.
+
+    transformers 5 writes the names without the ``text_model.`` prefix that 4.x expects; 4.x then loads
+    *random* weights and says so only in a log line. With the prefix, 4.40 to 5.x load the same tensors.
+    """
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    with _quiet_transformers():
+        copy.deepcopy(text_model).to(dtype).save_pretrained(folder, safe_serialization=True)
+    file = folder / "model.safetensors"
+    tensors = load_file(file)
+    save_file({k if k.startswith(PREFIX) else PREFIX + k: v for k, v in tensors.items()}, file,
+              metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("dtype", "torch_dtype"):  # transformers 5 writes "dtype", 4 "torch_dtype": float32 on loading
+        if key in config:
+            config[key] = "float32"
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def check_loaded(model: nn.Module, file: str | os.PathLike) -> None:
+    """Raise a CheckpointError unless every weight of ``model`` equals its tensor in the safetensors ``file``.
+
+    A loader that skips a weight initialises it at random, silently where logging is quiet; this compares
+    the loaded model with the file itself, whatever the library version did.
+    """
+    import diffusers
+    import transformers
+    from safetensors.torch import load_file
+
+    stored = {k.removeprefix(PREFIX): v for k, v in load_file(file).items()}
+    state = {k.removeprefix(PREFIX): v for k, v in model.state_dict().items()}
+    missing = sorted(set(state) - set(stored))
+    unused = sorted(set(stored) - set(state))
+    differ = sorted(k for k in set(state) & set(stored) if not torch.equal(state[k].float().cpu(), stored[k].float()))
+    if missing or unused or differ:
+        raise CheckpointError(
+            f"{file} did not load exactly into {type(model).__name__} with transformers {transformers.__version__} "
+            f"and diffusers {diffusers.__version__}: {len(missing)} weights missing {missing[:3]}, {len(unused)} "
+            f"unused {unused[:3]}, {len(differ)} different {differ[:3]}; the course supports transformers>=4.40 "
+            f"(pyproject.toml)")
+
+
+def load_text_encoder(folder: str | os.PathLike, *, local_files_only: bool = True) -> CLIPTextModel:
+    """A saved text tower in float32, checked weight by weight against its file (`check_loaded`)."""
+    folder = Path(folder)
+    with _quiet_transformers():
+        model = CLIPTextModel.from_pretrained(folder, local_files_only=local_files_only).float()
+    check_loaded(model, folder / "model.safetensors")
+    return model
 
 
 def similarity_matrix(image_embeds: torch.Tensor, text_embeds: torch.Tensor, *,
@@ -354,14 +411,32 @@ def _animal_groups(n: int, group: int, generator: torch.Generator, **render):
     return render_scenes(specs[:n], generator=generator, **render)
 
 
+def _swapped_pairs(n: int, generator: torch.Generator, **render):
+    """``n`` scenes in pairs whose animal colour and background colour are swapped ("a red cat, blue
+    background" next to "a blue cat, red background"): hard negatives that only binding tells apart."""
+    from sdlab.data import HELD_OUT, make_scenes, render_scenes
+
+    specs = []
+    while len(specs) < n:
+        bases = make_scenes(n, generator=generator, **{k: v for k, v in render.items() if k != "device"})
+        for base in bases.specs():
+            if (base.animal, base.background) not in HELD_OUT:
+                specs += [base, dataclasses.replace(base, colour=base.background, background=base.colour)]
+    return render_scenes(specs[:n], generator=generator, **render)
+
+
 def clip_batch(batch_size: int, generator: torch.Generator, *, hard_fraction: float = 0.5, group: int = 8,
+               swap_fraction: float = 0.0, drop: float = 0.25, drop_colour: float = 0.0,
                **scenes: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training batch: scenes, varied captions of them, and the captions' token ids and mask.
 
     A ``hard_fraction`` of the batch comes in groups of ``group`` scenes that share colour, background,
     size and position and differ only in the animal. In a batch of random scenes, colour and place
-    alone tell most pairs apart; these groups make the loss depend on recognising the animal.
-    ``scenes`` override the keywords of ``sd.data.SCENES`` (resolution, shading, shapes).
+    alone tell most pairs apart; these groups make the loss depend on recognising the animal. A
+    ``swap_fraction`` comes in pairs with the animal's colour and the background's swapped: a text
+    tower that only counts colour words cannot tell their captions apart, one that binds each colour
+    to its noun can. ``drop`` and ``drop_colour`` go to `sdlab.captions.paraphrase`. ``scenes``
+    override the keywords of ``sd.data.SCENES`` (resolution, shading, shapes).
 
     Returns:
         images (B, 3, R, R) in [−1, 1], input_ids (B, L) and attention_mask (B, L), L the longest caption,
@@ -372,12 +447,18 @@ def clip_batch(batch_size: int, generator: torch.Generator, *, hard_fraction: fl
 
     device = generator.device
     n_hard = int(round(number_in_range(hard_fraction, "hard_fraction", 0, 1) * batch_size))
+    n_swap = int(round(number_in_range(swap_fraction, "swap_fraction", 0, 1) * batch_size))
+    if n_hard + n_swap > batch_size:
+        raise ValueError(f"hard_fraction + swap_fraction must be at most 1; got {hard_fraction} + {swap_fraction}")
     render = {**SCENES, **scenes, "device": device}
-    parts = [make_scenes(batch_size - n_hard, generator=generator, **render)] if n_hard < batch_size else []
+    parts = [make_scenes(batch_size - n_hard - n_swap, generator=generator, **render)] \
+        if n_hard + n_swap < batch_size else []
     if n_hard:
         parts.append(_animal_groups(n_hard, positive_int(group, "group"), generator, **render))
+    if n_swap:
+        parts.append(_swapped_pairs(n_swap, generator, **render))
     scenes = parts[0] if len(parts) == 1 else SceneBatch.cat(parts)
-    ids, mask = _tokenize(paraphrase(scenes.labels, generator=generator), device)
+    ids, mask = _tokenize(paraphrase(scenes.labels, generator=generator, drop=drop, drop_colour=drop_colour), device)
     return scenes.images, ids, mask
 
 

@@ -22,7 +22,7 @@ from sdlab.unet import predict_noise
 from sdlab.validation import number_in_range
 
 __all__ = ["MAX_GUIDANCE_SCALE", "check_guidance_scale", "classifier_free_guidance", "guided_noise", "generate",
-           "adherence", "diversity", "guidance_sweep"]
+           "adherence", "wording_adherence", "diversity", "guidance_sweep"]
 
 MAX_GUIDANCE_SCALE = 30.0  # far past any useful value: pictures saturate long before
 
@@ -203,3 +203,42 @@ def guidance_sweep(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, jud
         rows.append({"scale": scale, **judge_accuracy(judge, truth, images),
                      "diversity": diversity(seen, per_prompt), "frechet": frechet_distance(seen, real)})
     return rows
+
+
+def wording_adherence(unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, judge: nn.Module, scenes, *,
+                      families=None, guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 100,
+                      progress: bool = True, **options) -> dict[str, dict[str, float]]:
+    """How often the pictures show what the prompt says, for each family of wordings (`sd.captions.FAMILIES`).
+
+    Every scene is said once per family ("a small red cat on the left, blue background", "red cat on
+    blue", "a cat" ...), with its size and place synonyms cycling from scene to scene; every family's
+    pictures start from the same noise, so the rows differ by the wording alone. Only the attributes a
+    family states are judged: "red cat" may be on any background.
+
+    Args:
+        scenes: a ``SceneBatch`` (its labels are the truth; its own captions are not used).
+        families: the `sd.captions.Wording` families to say the scenes in (default: all of them).
+        guidance_scale, options: as in `generate` (``num_inference_steps``, ``sampler`` ...).
+
+    Returns:
+        ``{family: {stated attribute: share right, ..., "all": every stated attribute right}}``.
+    """
+    from sdlab.captions import FAMILIES, wordings
+    from sdlab.judge import predict
+    from sdlab.progress import bar
+
+    families = FAMILIES if families is None else tuple(families)
+    specs = scenes.specs()
+    truth = {name: value.cpu() for name, value in scenes.labels.items()}
+    out = {}
+    for family in bar(families, desc="wordings", disable=not progress):
+        prompts = [wordings(spec, (family,), variant=i)[family.name] for i, spec in enumerate(specs)]
+        images = _generate_in_batches(unet, text_encoder, vae, prompts, batch_size=batch_size,
+                                      guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
+                                      **options)
+        guess = predict(judge, images)
+        right = {name: guess[name] == truth[name] for name in family.says}
+        row = {name: r.double().mean().item() for name, r in right.items()}
+        row["all"] = torch.stack(list(right.values())).all(0).double().mean().item()
+        out[family.name] = row
+    return out

@@ -26,7 +26,7 @@ from sdlab.random import rand, randint, randn_tensor, seeded_global_rng
 from sdlab.validation import number_in_range, positive_int
 
 __all__ = ["ATTRIBUTES", "AttributeJudge", "degrade", "judge_batch", "judge_loss", "train_judge", "predict",
-           "judge_accuracy", "agreement", "describe", "features"]
+           "judge_accuracy", "agreement", "describe", "disagreements", "features"]
 
 ATTRIBUTES = {"animal": ANIMALS, "colour": COLOURS, "background": COLOURS, "size": SIZES, "position": POSITIONS}
 
@@ -174,3 +174,21 @@ def describe(judge: AttributeJudge, images: torch.Tensor) -> list[str]:
         except ValueError:
             captions.append(f"a {names[3]} {names[1]} {names[0]}, ? background")
     return captions
+
+
+def disagreements(judge: AttributeJudge, images: torch.Tensor, prompts: list[str]) -> list[dict[str, str]]:
+    """Per picture, what the judge sees instead of what its prompt states (`sd.captions.stated`); {} when all agree.
+
+    Only the attributes a prompt states are compared: "purple giraffe" may stand on any background.
+    """
+    from sdlab.captions import stated
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if len(prompts) != len(images):
+        raise ValueError(f"one prompt per picture: got {len(prompts)} prompts for {len(images)} pictures")
+    guess = predict(judge, images)
+    out = []
+    for i, prompt in enumerate(prompts):
+        seen = {name: values[guess[name][i]] for name, values in ATTRIBUTES.items()}
+        out.append({name: seen[name] for name, value in stated(prompt).items() if seen[name] != value})
+    return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 __all__ = ["SCHEDULERS", "make_scheduler", "assemble", "save_pipeline", "load_pipeline", "swap_scheduler",
-           "image_to_image", "paint", "TRACED", "trace"]
+           "image_to_image", "paint", "UnknownWordsWarning", "is_course_model", "unknown_words", "TRACED", "trace"]
 
 # The diffusers schedulers the shipped U-Net runs with, without retraining: each is built from the
 # DDIM configuration, so it inherits the schedule, the prediction type and the trailing timesteps.
@@ -80,21 +81,14 @@ def save_pipeline(pipe, folder: str | Path, *, text_encoder_dtype: torch.dtype =
             embedding table); its config still says float32, so loaders give a float32 model.
         info: a training record, written as ``sdlab_record.json`` beside ``model_index.json``.
     """
+    from sdlab.clip import save_text_encoder
     from sdlab.pretrained import RECORD_FILE, replace_folder
 
     def write(tmp: Path) -> None:
-        text_encoder = pipe.text_encoder
-        pipe.text_encoder = copy.deepcopy(text_encoder).to(text_encoder_dtype)
-        try:
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        finally:
-            pipe.text_encoder = text_encoder
-        config_file = tmp / "text_encoder" / "config.json"
-        config = json.loads(config_file.read_text())
-        for key in ("dtype", "torch_dtype"):  # transformers 5 writes "dtype", 4 "torch_dtype"
-            if key in config:
-                config[key] = "float32"
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        save_text_encoder(pipe.text_encoder, tmp / "text_encoder", dtype=text_encoder_dtype)
+        # vocab.json and merges.txt beside tokenizer.json: transformers 4's CLIPTokenizer reads only those
+        pipe.tokenizer.backend_tokenizer.model.save(str(tmp / "tokenizer"))
         if info is not None:
             (tmp / RECORD_FILE).write_text(json.dumps(info, indent=1) + "\n")
 
@@ -153,6 +147,46 @@ def image_to_image(pipe):
     return img2img
 
 
+class UnknownWordsWarning(UserWarning):
+    """A prompt uses words that the course's model never saw in training, and so cannot paint."""
+
+
+def is_course_model(pipe) -> bool:
+    """True when ``pipe`` was loaded from a folder of the course's (it holds a training record), not real SD."""
+    from sdlab.pretrained import RECORD_FILE
+
+    folder = getattr(pipe, "name_or_path", None)
+    return folder is not None and (Path(folder) / RECORD_FILE).is_file()
+
+
+def unknown_words(pipe, prompt: str | list[str]) -> list[str]:
+    """The words of ``prompt`` that ``pipe``'s model never saw in training, once each, in order.
+
+    For the course's model, the words no caption of `sd.captions` uses ("crimson", "kitty"); for any
+    other pipeline (real Stable Diffusion read the web), none.
+    """
+    from sdlab.captions import unknown_words as words_never_captioned
+
+    if not is_course_model(pipe):
+        return []
+    found: list[str] = []
+    for text in _prompts(prompt):
+        found += [w for w in words_never_captioned(text) if w not in found]
+    return found
+
+
+def _warn_unknown_words(pipe, prompt: str | list[str], *, stacklevel: int = 3) -> None:
+    """Warn (`UnknownWordsWarning`) when the course's model is asked for words it never saw."""
+    from sdlab.data import ANIMALS, COLOURS
+
+    unknown = unknown_words(pipe, prompt)
+    if unknown:
+        warnings.warn(f"the course's model never saw {', '.join(repr(w) for w in unknown)} in training and "
+                      f"cannot paint {'it' if len(unknown) == 1 else 'them'}; it knows the animals "
+                      f"{', '.join(ANIMALS)}, the colours {', '.join(COLOURS)}, sizes and places "
+                      "(all its words: sd.captions.vocabulary())", UnknownWordsWarning, stacklevel=stacklevel)
+
+
 def _prompts(prompt: str | list[str]) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -204,7 +238,12 @@ def paint(pipe, prompt: str | list[str], *, negative_prompt: str = "", guidance_
 
     Returns:
         (B, 3, H, W) pictures in [−1, 1] (the pipeline's ``output_type="pt"`` gives x / 2 + 0.5).
+
+    Warns:
+        UnknownWordsWarning: the course's model is asked for words it never saw in training (it
+            paints them as noise would: a random scene); real Stable Diffusion is never warned about.
     """
+    _warn_unknown_words(pipe, [prompt, negative_prompt] if isinstance(prompt, str) else [*prompt, negative_prompt])
     with torch.inference_mode():  # no autograd bookkeeping at all (the pipeline uses no_grad)
         pictures = _paint(pipe, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
                           num_inference_steps=num_inference_steps, generator=generator, height=height, width=width,

@@ -28,7 +28,7 @@ from sdlab.validation import number_in_range, positive_int, positive_number
 __all__ = [
     "BOOK_WIDTH", "CellFigure", "show_images", "plot_schedules", "plot_noising_grid", "imshow",
     "show_captioned_images", "moving_average", "plot_losses", "plot_per_timestep_loss", "plot_noise_guesses",
-    "show_image_rows",
+    "show_image_rows", "plot_wording_adherence",
 ]
 
 # inches: the website's 688-pixel column at 100 dpi. A figure drawn wider is shrunk to fit, and its text
@@ -509,4 +509,36 @@ def show_image_rows(rows: dict[str, Any], *, size: float = 1.1, suptitle: str | 
         axes[r, 0].set_ylabel(name, fontsize=10, rotation=0, ha="right", va="center")
     if suptitle:
         fig.suptitle(suptitle, fontsize=12)
+    return fig
+
+
+def plot_wording_adherence(rows: dict[str, dict[str, float]], *, title: str | None = None,
+                           held_out: Sequence[str] = ()) -> Figure:
+    """Adherence per family of wordings (`sd.guidance.wording_adherence`) as a table of shaded numbers.
+
+    Args:
+        rows: ``{family: {attribute: share right, ..., "all": ...}}``; an attribute a family does not
+            state is left blank (it is free).
+        held_out: the families kept out of training, marked with an asterisk.
+    """
+    if not isinstance(rows, dict) or not rows:
+        raise ValueError("rows must be a non-empty {family: {attribute: share}} dict, as wording_adherence returns")
+    columns = [c for c in ("animal", "colour", "background", "size", "position", "all")
+               if any(c in row for row in rows.values())]
+    values = np.array([[rows[f].get(c, np.nan) for c in columns] for f in rows], dtype=float)
+    fig, axes = _subplots(1, 1, figsize=(BOOK_WIDTH, 0.9 + 0.26 * len(rows)))
+    ax = axes[0, 0]
+    ax.imshow(np.nan_to_num(values, nan=1.0), cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto",
+              alpha=np.where(np.isnan(values), 0.0, 0.85))
+    for (i, j), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(rows)), [f + (" *" if f in set(held_out) else "") for f in rows], fontsize=8)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
     return fig

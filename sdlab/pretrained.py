@@ -35,7 +35,7 @@ from sdlab.data import make_scenes, make_silhouette_batch
 from sdlab.unet import UNetConfig
 
 __all__ = ["DiffusionRecipe", "ClassifierRecipe", "JudgeRecipe", "CLIPRecipe", "VAERecipe", "PipelineRecipe",
-           "Shipped", "REGISTRY", "names", "load_pretrained",
+           "Shipped", "REGISTRY", "names", "load_pretrained", "phases",
            "save_pretrained", "RECORD_FILE", "replace_folder", "weights_dir"]
 
 # "sdlab": one .safetensors file; "folder": the class's own save_pretrained folder (diffusers,
@@ -127,6 +127,10 @@ class CLIPRecipe:
     steps: int = 3000
     batch_size: int = 256
     hard_fraction: float = 0.5  # of each batch in groups that differ only in the animal (sdlab.clip.clip_batch)
+    swap_fraction: float = 0.0  # in pairs with the animal's and the background's colours swapped
+    drop: float = 0.25  # captions (sdlab.captions.paraphrase): each of size, place and background left out
+    drop_colour: float = 0.0  # ... and the animal's colour
+    start: CLIPRecipe | None = None  # the recipe of the weights this one trains on from; None: random weights
     lr: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -145,6 +149,11 @@ class TextUNetRecipe:
     attention: tuple[bool, ...] = (False, True, True)  # none at 16x16: 2.5x faster (scripts/bench_text_unet.py)
     attention_head_dim: int = 8  # diffusers' name for the number of heads (8, as Stable Diffusion 1)
     scenes: int = 30_000  # captioned scenes encoded once by vae_f4 (`sdlab.text_unet.encode_scenes`)
+    drop: float = 0.1  # their captions (sdlab.captions.paraphrase): size, place, background each left out
+    drop_colour: float = 0.0  # ... and the animal's colour ("a cat on blue")
+    # the token states pooled into the time embedding (diffusers' addition_embed_type="text"): every
+    # resnet hears the whole prompt, as mini-CLIP's contrastive loss taught it to bind colour to noun
+    pooled_text: bool = False
     caption_dropout: float = 0.1
     # ᾱ_T ≈ 0 (the cosine schedule) with v-prediction: under scaled_linear the last step keeps enough
     # signal that the pilots read the background from the noise, not from the prompt (chapter 6).
@@ -158,6 +167,7 @@ class TextUNetRecipe:
     ema_decay: float = 0.999
     weight_decay: float = 0.0
     seed: int = 0
+    start: TextUNetRecipe | None = None  # the recipe of the weights this one trains on from; None: random weights
 
     def train_config(self, **overrides: Any):
         """The `sdlab.train.TrainConfig` of this recipe; the EMA weights ship."""
@@ -220,6 +230,14 @@ def weights_dir(folder: str | os.PathLike) -> Iterator[Path]:
         WEIGHTS_DIR = previous
 
 
+# The second phase of mini-CLIP and of the text U-Net (issue 25, "obeys the reader's words"): the weights
+# of the first phase trained on with the full caption grammar (sdlab.captions), colour-swapped pairs as hard
+# negatives, captions that leave the colour out, and the pooled prompt in the U-Net's time embedding.
+_BINDING_CLIP = dict(steps=600, lr=5e-4, warmup_steps=50, hard_fraction=0.4, swap_fraction=0.3, drop=0.3,
+                     drop_colour=0.1)
+_BINDING_UNET = dict(steps=1200, lr=5e-4, warmup_steps=100, scenes=40_000, drop=0.3, drop_colour=0.1,
+                     pooled_text=True)
+
 REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
     Shipped("scenes32", 2, "noise predictor for 32×32 captioned colour scenes (unconditional)", "sdlab.unet.UNet",
             DiffusionRecipe(_scenes32, UNetConfig(in_channels=3, out_channels=3, sample_size=32), steps=1000)),
@@ -229,7 +247,7 @@ REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
     Shipped("catdog_classifier", 3, "cat-or-dog judge of generated silhouettes (p(dog), Fréchet features)",
             "sdlab.evaluate.CatDogClassifier", ClassifierRecipe()),
     Shipped("miniclip", 4, "mini-CLIP: a CLIPTextModel text tower and a CNN image tower, on 64×64 scenes",
-            "sdlab.clip.MiniCLIP", CLIPRecipe(), format="folder"),
+            "sdlab.clip.MiniCLIP", CLIPRecipe(**_BINDING_CLIP, start=CLIPRecipe()), format="folder"),
     Shipped("judge", 5, "attribute judge: names animal, colour, background, size and position of 64×64 scenes",
             "sdlab.judge.AttributeJudge", JudgeRecipe()),
     Shipped("vae_f4", 5, "autoencoder, factor 4: 64×64×3 scenes ↔ 16×16×4 latents", "diffusers.AutoencoderKL",
@@ -237,7 +255,7 @@ REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
     Shipped("vae_f8", 5, "autoencoder, factor 8: 64×64×3 scenes ↔ 8×8×4 latents", "diffusers.AutoencoderKL",
             VAERecipe(factor=8, steps=1500), format="folder"),
     Shipped("text_unet", 6, "text-conditioned U-Net: 16×16×4 latents + mini-CLIP token states → v",
-            "diffusers.UNet2DConditionModel", TextUNetRecipe(), format="folder"),
+            "diffusers.UNet2DConditionModel", TextUNetRecipe(**_BINDING_UNET, start=TextUNetRecipe()), format="folder"),
     Shipped("mini_sd", 7, "the course's Stable Diffusion: its tokenizer, text encoder, VAE, U-Net and DDIM",
             "diffusers.StableDiffusionPipeline", PipelineRecipe(), format="folder"),
 ]}
@@ -355,9 +373,23 @@ def _load_folder(path: Path, entry: Shipped) -> tuple[nn.Module, dict]:
     model = _resolve(entry.model_class).from_pretrained(path, local_files_only=True, **options)
     if hasattr(model, "set_progress_bar_config"):  # a pipeline
         model.set_progress_bar_config(disable=True)
+    if entry.model_class.startswith(("diffusers.", "transformers.")):  # MiniCLIP checks its own
+        _check_parts(model, path)
     record = path / RECORD_FILE
     info = json.loads(record.read_text()) if record.is_file() else {}
     return model, info
+
+
+def _check_parts(model: Any, path: Path) -> None:
+    """Every weight of a loaded folder (or of each part of a pipeline) equals its file: none left random."""
+    from sdlab.clip import check_loaded
+
+    parts = {name: getattr(model, name) for name in ("text_encoder", "unet", "vae")} \
+        if hasattr(model, "components") else {"": model}
+    for sub, part in parts.items():
+        files = sorted((path / sub).glob("*.safetensors"))
+        if isinstance(part, nn.Module) and len(files) == 1:
+            check_loaded(part, files[0])
 
 
 def load_pretrained(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None
@@ -386,6 +418,17 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: torch.device | s
     if not isinstance(model, nn.Module):  # a pipeline: its parts are float32 modules in eval mode already
         return model.to(device or "cpu"), info
     return model.float().to(device or "cpu").eval(), info
+
+
+def phases(record: dict) -> list[dict]:
+    """The training phases of a record, first first: a two-phase recipe's record holds its first in ``"start"``.
+
+    >>> sum(phase["seconds"] for phase in sd.pretrained.phases(record))   # what all the training cost
+    """
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a training record (a dict); got {type(record).__name__}")
+    first = record.get("start")
+    return [*(phases(first) if isinstance(first, dict) else []), record]
 
 
 def save_pretrained(path: str | os.PathLike, model: nn.Module, *, info: dict | None = None,

@@ -27,13 +27,14 @@ from sdlab.random import rand, randint
 from sdlab.schedules import NoiseSchedule
 from sdlab.validation import number_in_range, positive_int
 
-__all__ = ["make_text_unet", "check_text_states", "LatentScenes", "encode_scenes", "encode_prompts",
+__all__ = ["make_text_unet", "load_into", "check_text_states", "LatentScenes", "encode_scenes", "encode_prompts",
            "text_unet_loss", "latent_sampler"]
 
 
 def make_text_unet(*, cross_attention_dim: int = 128, block_out_channels: tuple[int, ...] = (32, 64, 64),
                    sample_size: int = 16, latent_channels: int = 4, attention_head_dim: int = 8,
-                   attention: tuple[bool, ...] | None = None, **config) -> UNet2DConditionModel:
+                   attention: tuple[bool, ...] | None = None, pooled_text: bool = False,
+                   **config) -> UNet2DConditionModel:
     """A fresh ``UNet2DConditionModel`` in the course's configuration, Stable Diffusion's layout made small.
 
     A level with attention has a transformer block (self-attention, then cross-attention to the
@@ -49,6 +50,10 @@ def make_text_unet(*, cross_attention_dim: int = 128, block_out_channels: tuple[
             is then (level width) / 8 channels wide.
         attention: per level, whether it attends (default: every level but the lowest, Stable
             Diffusion 1's choice; ``(False, True, True)`` spares the costly full-resolution level).
+        pooled_text: also add the token states, attention-pooled, to the time embedding (diffusers'
+            ``addition_embed_type="text"``, as in Imagen and DeepFloyd IF): every resnet then hears the
+            whole prompt, not only the levels that cross-attend. ``StableDiffusionPipeline`` needs
+            nothing more: the U-Net pools the ``encoder_hidden_states`` it is given.
         config: any other ``UNet2DConditionModel`` argument (``layers_per_block``, ``norm_num_groups`` ...).
     """
     channels = tuple(positive_int(c, "block_out_channels") for c in block_out_channels)
@@ -60,10 +65,29 @@ def make_text_unet(*, cross_attention_dim: int = 128, block_out_channels: tuple[
                     out_channels=latent_channels, layers_per_block=1, norm_num_groups=8,
                     cross_attention_dim=positive_int(cross_attention_dim, "cross_attention_dim"),
                     attention_head_dim=positive_int(attention_head_dim, "attention_head_dim"))
+    if pooled_text:
+        settings.update(addition_embed_type="text", addition_embed_type_num_heads=attention_head_dim)
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DConditionModel(down_block_types=down, up_block_types=up,
                                 block_out_channels=channels, **{**settings, **config})
+
+
+def load_into(unet: UNet2DConditionModel, folder) -> UNet2DConditionModel:
+    """Copy a saved U-Net's weights into ``unet``, which may add the pooled-prompt embedding (``pooled_text``).
+
+    A part ``unet`` has and the saved one lacks may only be that embedding; it starts at zero (its last
+    LayerNorm's scale and shift are 0), so the model begins by computing exactly what the saved one did.
+    """
+    saved = UNet2DConditionModel.from_pretrained(folder, low_cpu_mem_usage=False)
+    missing, unexpected = unet.load_state_dict(saved.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("add_embedding.") for k in missing):
+        raise ValueError(f"the U-Net in {folder} does not fit: missing {missing}, unexpected {unexpected}")
+    if missing:
+        with torch.no_grad():
+            unet.add_embedding.norm2.weight.zero_()
+            unet.add_embedding.norm2.bias.zero_()
+    return unet
 
 
 def check_text_states(unet: nn.Module, encoder_hidden_states: torch.Tensor) -> None:
@@ -120,11 +144,12 @@ def encode_prompts(text_encoder: nn.Module, prompts: list[str] | tuple[str, ...]
 
 @torch.no_grad()
 def encode_scenes(vae: nn.Module, n: int, *, generator: torch.Generator, batch_size: int = 250,
-                  drop: float = 0.1, progress: bool = True, **scenes) -> LatentScenes:
+                  drop: float = 0.1, drop_colour: float = 0.0, progress: bool = True, **scenes) -> LatentScenes:
     """Render ``n`` training scenes (``sd.data.SCENES``; held-out pairs excluded), caption and encode them.
 
     Captions are varied paraphrases (``sd.captions.paraphrase``; ``drop``: the chance that each of size,
-    place and background is left out), so the U-Net learns what the words mean, not one template.
+    place and background is left out; ``drop_colour``: that the animal's colour is), so the U-Net learns
+    what the words mean, not one template.
     """
     from sdlab.captions import paraphrase
     from sdlab.data import SCENES, make_scenes
@@ -138,7 +163,7 @@ def encode_scenes(vae: nn.Module, n: int, *, generator: torch.Generator, batch_s
     latents, ids, captions, labels = [], [], [], []
     for start in bar(range(0, n, batch_size), disable=not progress, desc="encoding scenes"):
         batch = make_scenes(min(batch_size, n - start), generator=generator, device=device, **{**SCENES, **scenes})
-        words = paraphrase(batch.labels, generator=generator, drop=drop)
+        words = paraphrase(batch.labels, generator=generator, drop=drop, drop_colour=drop_colour)
         latents.append(encode(vae, batch.images, sample=False).half().cpu())
         ids.append(tokenize(words)["input_ids"].int())
         captions += words

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import io
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -359,7 +360,8 @@ def _slider(render: Callable, values: list, *, label: str, title: str | None, in
 class PromptBox:
     """A text box that re-renders as you type (live Jupyter); on the website, the fixed example's rendering.
 
-    ``render(prompt) -> str`` returns HTML (for example a table of a prompt's tokens).
+    ``render(prompt) -> str`` returns HTML (for example a table of a prompt's tokens). Warnings that
+    ``render`` raises (the course's model never saw a word of the prompt) are shown above its HTML.
     """
 
     def __init__(self, render: Callable[[str], str], value: str, *, description: str = "prompt") -> None:
@@ -372,6 +374,14 @@ class PromptBox:
     def __repr__(self) -> str:
         return f"<PromptBox: {self.value!r}>"
 
+    def rendered(self, prompt: str) -> str:
+        """``render(prompt)``, with any warning it gave written above it."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            view = self.render(prompt)
+        notes = "".join(f"<p><strong>Note:</strong> {html.escape(str(w.message), quote=False)}</p>" for w in caught)
+        return notes + view
+
     def widget(self, *, first_view: str | None = None) -> Any:
         """The live version: an ipywidgets Text box above an HTML view that follows it.
 
@@ -381,11 +391,11 @@ class PromptBox:
 
         box = ipywidgets.Text(value=self.value, description=self.description,
                               layout=ipywidgets.Layout(width="100%"), continuous_update=False)
-        view = ipywidgets.HTML(self.render(self.value) if first_view is None else first_view)
+        view = ipywidgets.HTML(self.rendered(self.value) if first_view is None else first_view)
 
         def on_change(change: dict) -> None:
             try:
-                view.value = self.render(change["new"])
+                view.value = self.rendered(change["new"])
             except (TypeError, ValueError) as error:  # the reader's input: show the message, keep the box
                 view.value = f"<p>{html.escape(str(error))}</p>"
 
@@ -394,7 +404,7 @@ class PromptBox:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Widget view, the example's HTML and plain text; the front-end picks the richest it can show."""
-        example = self.render(self.value)
+        example = self.rendered(self.value)
         bundle = _widget_view(self.widget(first_view=example))
         bundle["text/html"] = f"<p><code>{html.escape(self.value)}</code></p>" + example
         bundle["text/plain"] = repr(self)

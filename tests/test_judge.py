@@ -56,3 +56,47 @@ def test_degrade_touches_only_the_chosen_fraction_and_stays_in_range():
     assert (softened - flat).abs().max() < 0.25
     with pytest.raises(ValueError, match="fraction"):
         sd.judge.degrade(x, torch.Generator(), fraction=1.5)
+
+
+class _Oracle(torch.nn.Module):
+    """Reads the scenes' labels back by position: right everywhere but on the animal of the first ``wrong``."""
+
+    def __init__(self, scenes, wrong=0):
+        super().__init__()
+        self.scenes, self.wrong = scenes, wrong
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = {k: torch.nn.functional.one_hot(v[: len(x)], len(sd.judge.ATTRIBUTES[k])).float()
+               for k, v in self.scenes.labels.items()}
+        out["animal"][: self.wrong] = out["animal"][: self.wrong].roll(1, dims=1)
+        return out
+
+
+def test_disagreements_compare_only_what_each_prompt_states():
+    scenes = sd.data.make_scenes(4, **sd.data.SCENES, generator=torch.Generator().manual_seed(3))
+    specs = scenes.specs()
+    prompts = [f"{specs[0].colour} {specs[0].animal}", specs[1].caption(), f"a {specs[2].animal}", "a crimson kitty"]
+    found = sd.judge.disagreements(_Oracle(scenes, wrong=1), scenes.images, prompts)
+    assert list(found[0]) == ["animal"] and found[1:] == [{}, {}, {}]
+    with pytest.raises(ValueError, match="one prompt per picture"):
+        sd.judge.disagreements(_Oracle(scenes), scenes.images, prompts[:2])
+
+
+def test_wording_adherence_judges_each_family_on_its_stated_attributes_only(monkeypatch):
+    scenes = sd.data.make_scenes(20, **sd.data.SCENES, held_out="only", generator=torch.Generator().manual_seed(4))
+    asked = []
+
+    def paint(unet, text_encoder, vae, prompts, *, batch_size, **options):
+        asked.append(prompts)
+        return scenes.images[: len(prompts)]
+
+    monkeypatch.setattr(sd.guidance, "_generate_in_batches", paint)
+    rows = sd.guidance.wording_adherence(None, None, None, _Oracle(scenes, wrong=5), scenes, progress=False)
+    assert list(rows) == [f.name for f in sd.captions.FAMILIES]
+    for family in sd.captions.FAMILIES:
+        assert set(rows[family.name]) == {*family.says, "all"}
+        assert rows[family.name]["animal"] == rows[family.name]["all"] == 0.75
+        assert all(rows[family.name][k] == 1.0 for k in family.says if k != "animal")
+    assert asked[sd.captions.FAMILIES.index(next(f for f in sd.captions.FAMILIES if f.name == "two words"))][0] == (
+        f"{scenes.specs()[0].colour} {scenes.specs()[0].animal}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -67,6 +69,7 @@ def test_save_pipeline_writes_the_text_encoder_in_half_precision_and_it_loads_as
 
 PLAIN_DIFFUSERS = """
 import sys
+import warnings
 sys.modules["sdlab"] = None  # any import of sdlab now fails
 import torch
 from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline,
@@ -244,3 +247,29 @@ def test_the_readable_loop_follows_any_diffusers_scheduler_such_as_real_stable_d
     theirs = swapped(PROMPT, guidance_scale=3.0, num_inference_steps=6, height=64, width=64,
                      generator=torch.Generator().manual_seed(0), output_type="pt").images
     torch.testing.assert_close(ours / 2 + 0.5, theirs, atol=1e-5, rtol=0)
+
+
+def test_paint_names_the_words_the_course_s_model_never_saw(pipe):
+    options = dict(guidance_scale=3.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(sd.pipeline.UnknownWordsWarning, match=r"never saw 'crimson', 'kitty', 'navy' in training"):
+        sd.pipeline.paint(pipe, ["a crimson kitty", "a red cat"], negative_prompt="navy", **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sd.pipeline.paint(pipe, "Purple giraffe, tiny, to the left", **options)  # every word known: no warning
+    assert sd.pipeline.is_course_model(pipe) and sd.pipeline.unknown_words(pipe, "a scarlet puppy") == [
+        "scarlet", "puppy"]
+
+
+def test_a_pipeline_that_is_not_the_course_s_is_never_warned_about_words(pipe):
+    other = copy.copy(pipe)
+    other.register_to_config(_name_or_path="runwayml/stable-diffusion-v1-5")
+    assert not sd.pipeline.is_course_model(other) and sd.pipeline.unknown_words(other, "a crimson kitty") == []
+
+
+def test_the_prompt_box_shows_a_warning_above_the_pictures():
+    def render(text):
+        warnings.warn(f"never saw {text!r}", sd.pipeline.UnknownWordsWarning, stacklevel=2)
+        return "<img>"
+
+    assert sd.widgets.prompt_box(render, "kitty").rendered("kitty") == "<p><strong>Note:</strong> never saw 'kitty'</p><img>"
+    assert sd.widgets.prompt_box(lambda text: "<img>", "cat").rendered("cat") == "<img>"

@@ -143,3 +143,11 @@ def test_weights_dir_moves_every_registry_path_and_restores_it_also_on_error(tmp
         load_pretrained("judge")
     assert REGISTRY["judge"].path == shipped["judge"]
     assert load_pretrained("scenes32")[1]["steps"] == REGISTRY["scenes32"].recipe.steps  # the shipped file again
+
+
+def test_phases_lists_a_two_phase_record_first_phase_first():
+    first, second = {"steps": 3600, "seconds": 4151.5}, {"steps": 1200, "seconds": 3927.9}
+    assert sd.pretrained.phases({**second, "start": first}) == [first, {**second, "start": first}]
+    assert sd.pretrained.phases(first) == [first]
+    with pytest.raises(TypeError, match="record must be a training record"):
+        sd.pretrained.phases(None)
