@@ -18,13 +18,13 @@ import sdlab as sd
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "book" / "images" / "landing_strip.png"
-PROMPTS = [
+PROMPTS = [  # six wordings: the canonical caption, short prompts, other orders and phrases
     "a small red cat on the left, blue background",
-    "a large white horse in the centre, green background",
-    "a large black elephant on the right, yellow background",
-    "a small orange bird in the centre, purple background",
-    "a large blue dog on the left, white background",
-    "a large green giraffe on the right, black background",
+    "white horse on green",
+    "a large black elephant on the right on a yellow backdrop",
+    "orange bird",
+    "a blue dog, large, on the left, white background",
+    "black background, a large green giraffe on the right",
 ]
 ZOOM, GAP = 4, 8
 
