@@ -208,6 +208,13 @@ def recorded_seconds(record: dict) -> float | None:
     return round(record["seconds"] + record.get("encoding_seconds", 0.0), 1)
 
 
+def _quick(recipe: Any, fields: dict[str, Any]) -> Any:
+    """The recipe with ``fields`` shrunk, and so its first phase (``recipe.start``) when it has one."""
+    if getattr(recipe, "start", None) is not None:
+        fields = {**fields, "start": _quick(recipe.start, fields)}
+    return dataclasses.replace(recipe, **fields)
+
+
 def reproduce(stages: tuple[str, ...], run: Run, evaluation: Evaluation, *, quick: bool,
               device: torch.device) -> list[dict]:
     """Train ``stages`` in order (where the registry points now), timing each and measuring its figures."""
@@ -216,7 +223,7 @@ def reproduce(stages: tuple[str, ...], run: Run, evaluation: Evaluation, *, quic
     for name in bar:
         bar.set_postfix_str(name)
         recipe = REGISTRY[name].recipe
-        recipe = dataclasses.replace(recipe, **QUICK_RECIPES.get(name, {})) if quick else recipe
+        recipe = _quick(recipe, QUICK_RECIPES.get(name, {})) if quick else recipe
         start = time.perf_counter()
         train(name, recipe, run)
         seconds = time.perf_counter() - start

@@ -99,7 +99,7 @@ def _first_phase(name: str, recipe: Any, run: Run) -> tuple[Path, dict] | None:
     folder = run.start or run.build / f"{name}-phase1"
     if run.start is None and not (folder / RECORD_FILE).is_file():
         print(f"{name}: training its first phase into {folder}")
-        train(name, recipe.start, dataclasses.replace(run, out=folder, steps=None, batch_size=None))
+        train(name, recipe.start, dataclasses.replace(run, out=folder))  # --steps, --batch-size: each phase
     if not (folder / RECORD_FILE).is_file():
         raise SystemExit(f"--start {folder}: no {RECORD_FILE} there (a folder written by train_weights.py)")
     return folder, json.loads((folder / RECORD_FILE).read_text())

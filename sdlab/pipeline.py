@@ -243,7 +243,7 @@ def paint(pipe, prompt: str | list[str], *, negative_prompt: str = "", guidance_
         UnknownWordsWarning: the course's model is asked for words it never saw in training (it
             paints them as noise would: a random scene); real Stable Diffusion is never warned about.
     """
-    _warn_unknown_words(pipe, [prompt, negative_prompt] if isinstance(prompt, str) else [*prompt, negative_prompt])
+    _warn_unknown_words(pipe, [*_prompts(prompt), *_prompts(negative_prompt)])
     with torch.inference_mode():  # no autograd bookkeeping at all (the pipeline uses no_grad)
         pictures = _paint(pipe, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
                           num_inference_steps=num_inference_steps, generator=generator, height=height, width=width,

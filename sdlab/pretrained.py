@@ -370,7 +370,10 @@ def _load_folder(path: Path, entry: Shipped) -> tuple[nn.Module, dict]:
                               f"python scripts/train_weights.py {entry.name}")
     # diffusers asks for `accelerate` unless told plainly not to use its low-memory loading
     options = {"low_cpu_mem_usage": False} if entry.model_class.startswith("diffusers.") else {}
-    model = _resolve(entry.model_class).from_pretrained(path, local_files_only=True, **options)
+    # some layers draw their initial values before the file overwrites them (the pooled-prompt embedding's
+    # torch.randn): loading leaves the caller's global random state alone
+    with torch.random.fork_rng(devices=[]):
+        model = _resolve(entry.model_class).from_pretrained(path, local_files_only=True, **options)
     if hasattr(model, "set_progress_bar_config"):  # a pipeline
         model.set_progress_bar_config(disable=True)
     if entry.model_class.startswith(("diffusers.", "transformers.")):  # MiniCLIP checks its own

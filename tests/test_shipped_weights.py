@@ -140,34 +140,38 @@ def test_the_shipped_text_unet_reads_mini_clip_s_token_states():
     assert unet.config.cross_attention_dim == text.config.hidden_size == 128
 
 
-def test_the_shipped_text_unet_follows_prompts_it_never_saw():
-    # Issue 11's bar is 90 % on animal and colour; the shipped model meets it for colour (and background, size,
-    # position) but not for the animal (65 % at s = 2, scripts/eval_text_unet.py). These floors, below what it
-    # reaches on 40 held-out prompts, catch a model that stops following its prompts.
+@pytest.fixture(scope="module")
+def painter():
+    """The shipped text U-Net with its text tower, autoencoder and judge, and the DDIM sampler it was trained for."""
     unet, record = load_pretrained("text_unet")
     text = load_pretrained("miniclip")[0].text_model.float().eval()
     vae, judge = load_pretrained("vae_f4")[0], load_pretrained("judge")[0]
+    sampler = sd.text_unet.latent_sampler(record["schedule"], record["prediction_type"])
+    return dict(unet=unet.eval(), text_encoder=text, vae=vae.eval(), judge=judge.eval()), sampler, record
+
+
+def test_the_shipped_text_unet_follows_prompts_it_never_saw(painter):
+    # Issue 11's bar is 90 % on animal and colour; the shipped model meets it for colour (and background, size,
+    # position) but not for the animal (65 % at s = 2, scripts/eval_text_unet.py). These floors, below what it
+    # reaches on 40 held-out prompts, catch a model that stops following its prompts.
     scenes = sd.data.make_scenes(40, **sd.data.SCENES, split="test", held_out="only",
                                  generator=torch.Generator().manual_seed(5))
-    sampler = sd.text_unet.latent_sampler(record["schedule"], record["prediction_type"])
-    result = sd.guidance.adherence(unet.eval(), text, vae.eval(), judge.eval(), scenes, guidance_scale=3.0,
+    parts, sampler, _ = painter
+    result = sd.guidance.adherence(*parts.values(), scenes, guidance_scale=3.0,
                                    sampler=sampler, num_inference_steps=20, generator=torch.Generator().manual_seed(0))
     floors = {"animal": 0.4, "colour": 0.85, "background": 0.9, "size": 0.9, "position": 0.9}
     assert all(result[k] >= v for k, v in floors.items()), result
 
 
-def test_the_shipped_text_unet_follows_short_prompts_by_meaning_not_word_position():
+def test_the_shipped_text_unet_follows_short_prompts_by_meaning_not_word_position(painter):
     # Issue 25: the first U-Net painted "red cat on blue" and "red cat" with both colours on the background
     # (colour right 0 % and 2.5 % of 200 held-out scenes, scripts/eval_wordings.py); the shipped one gets
     # 68 % and 65 %. These floors, well below that on 20 scenes, catch a model that keys on word position again.
-    unet, record = load_pretrained("text_unet")
-    text = load_pretrained("miniclip")[0].text_model.float().eval()
-    vae, judge = load_pretrained("vae_f4")[0], load_pretrained("judge")[0]
     scenes = sd.data.make_scenes(20, **sd.data.SCENES, split="test", held_out="only",
                                  generator=torch.Generator().manual_seed(6))
     families = [f for f in sd.captions.FAMILIES if f.name in ("on colour", "two words", "animal only")]
-    sampler = sd.text_unet.latent_sampler(record["schedule"], record["prediction_type"])
-    rows = sd.guidance.wording_adherence(unet.eval(), text, vae.eval(), judge.eval(), scenes, families=families,
+    parts, sampler, record = painter
+    rows = sd.guidance.wording_adherence(*parts.values(), scenes, families=families,
                                          sampler=sampler, num_inference_steps=20, progress=False)
     assert rows["on colour"]["colour"] >= 0.4 and rows["on colour"]["background"] >= 0.35, rows
     assert rows["two words"]["colour"] >= 0.4 and rows["animal only"]["animal"] >= 0.3, rows
