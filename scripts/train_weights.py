@@ -70,7 +70,8 @@ class Run:
     out: Path | None = None  # where the weights go; None: the registry's path (sd.pretrained.weights_dir moves it)
     build: Path = Path("build")  # training checkpoints (NAME-run.safetensors, resumed if present) and caches
     eval_scenes: int | None = None  # held-out scenes the record's figures are measured on; None: each recipe's own
-    start: Path | None = None  # a two-phase recipe: its first phase's weights (a folder); None: train that phase
+    start: Path | None = None  # a recipe in phases: the weights of the phase before its last (a folder); None: train it
+    phase: int | None = None  # the number of the phase this run trains (1: the first); None: the recipe's last
 
     def train_config(self, recipe: Any) -> sd.train.TrainConfig:
         """The recipe's `sdlab.train.TrainConfig`, with this run's steps and batch size where given."""
@@ -89,25 +90,34 @@ class Run:
         return Path(self.out or REGISTRY[name].path)
 
 
-def _first_phase(name: str, recipe: Any, run: Run) -> tuple[Path, dict] | None:
-    """The folder and record of the weights a two-phase recipe trains on from (None: it starts from random ones).
+def _phases(recipe: Any) -> int:
+    """How many phases a recipe trains in: 1, plus those of the recipe it starts from (``recipe.start``)."""
+    start = getattr(recipe, "start", None)
+    return 1 if start is None else 1 + _phases(start)
 
-    ``run.start`` names them; otherwise the first phase (``recipe.start``) is trained now, into ``build/``.
+
+def _first_phase(name: str, recipe: Any, run: Run) -> tuple[Path, dict] | None:
+    """The folder and record of the weights a recipe in phases trains on from (None: it starts from random ones).
+
+    ``run.start`` names them; otherwise the phase before (``recipe.start``, itself perhaps in phases) is
+    trained now, into ``build/NAME-phaseK``.
     """
     if recipe.start is None:
         return None
-    folder = run.start or run.build / f"{name}-phase1"
+    phase = _phases(recipe.start)
+    folder = run.start or run.build / f"{name}-phase{phase}"
     if run.start is None and not (folder / RECORD_FILE).is_file():
-        print(f"{name}: training its first phase into {folder}")
-        train(name, recipe.start, dataclasses.replace(run, out=folder))  # --steps, --batch-size: each phase
+        print(f"{name}: training its phase {phase} into {folder}")
+        # --steps, --batch-size: each phase
+        train(name, recipe.start, dataclasses.replace(run, out=folder, phase=phase))
     if not (folder / RECORD_FILE).is_file():
         raise SystemExit(f"--start {folder}: no {RECORD_FILE} there (a folder written by train_weights.py)")
     return folder, json.loads((folder / RECORD_FILE).read_text())
 
 
-def _phase_name(name: str, recipe: Any) -> str:
-    """The checkpoint name of a phase: a first phase (trained as ``start`` of another) keeps its own."""
-    return name if getattr(recipe, "start", None) is not None else f"{name}-phase1"
+def _phase_name(name: str, run: Run) -> str:
+    """The checkpoint name of the phase ``run`` trains: NAME for the recipe's last, NAME-phaseK for the others."""
+    return name if run.phase is None else f"{name}-phase{run.phase}"
 
 
 def train_unet(name: str, recipe: DiffusionRecipe, run: Run = Run()) -> dict:
@@ -213,12 +223,15 @@ def train_clip(name: str, recipe: CLIPRecipe, run: Run = Run()) -> dict:
         model = sd.clip.MiniCLIP(sd.clip.MiniCLIPConfig(**recipe.config)).to(device)
     if first:
         model = sd.clip.MiniCLIP.from_pretrained(first[0]).float().to(device)
-    print(f"{name}: {sd.unet.count_parameters(model):,} parameters{', from ' + str(first[0]) if first else ''}\n"
-          f"{config}")
+    if recipe.frozen_text:
+        model.text_model.requires_grad_(False)
+        model.text_projection.requires_grad_(False)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{name}: {trained:,} parameters trained{', from ' + str(first[0]) if first else ''}\n{config}")
     data = functools.partial(sd.clip.clip_batch, hard_fraction=recipe.hard_fraction,
                              swap_fraction=recipe.swap_fraction, drop=recipe.drop, drop_colour=recipe.drop_colour)
     result = sd.train.fit(model, sd.clip.clip_loss, data, config=config,
-                          checkpoint=run.checkpoint(_phase_name(name, recipe)), resume=True, desc=name)
+                          checkpoint=run.checkpoint(_phase_name(name, run)), resume=True, desc=name)
     final = sum(result.losses[-50:]) / len(result.losses[-50:])
     info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": dict(sd.clip.SCENES),
             "hard_fraction": recipe.hard_fraction, "recipe": dataclasses.asdict(recipe),
@@ -272,14 +285,15 @@ def train_text_unet(name: str, recipe: TextUNetRecipe, run: Run = Run()) -> dict
     loss = functools.partial(sd.text_unet.text_unet_loss, schedule=sd.NoiseSchedule(recipe.schedule),
                              text_encoder=text, caption_dropout=recipe.caption_dropout,
                              prediction_type=recipe.prediction_type, snr_gamma=recipe.snr_gamma)
-    trial = run.out.name if run.out else name  # parallel trial runs keep their own checkpoints
-    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=run.checkpoint(_phase_name(trial, recipe)),
+    trial = run.out.name if run.out and run.phase is None else name  # parallel trial runs keep their own checkpoints
+    result = sd.train.fit(unet, loss, data.batch, config=config, checkpoint=run.checkpoint(_phase_name(trial, run)),
                           resume=True, desc=trial)
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
     info = {"steps": config.steps, "batch_size": config.batch_size, "scenes": recipe.scenes,
             "scene_settings": dict(sd.data.SCENES), "caption_dropout": recipe.caption_dropout,
             "schedule": recipe.schedule, "prediction_type": recipe.prediction_type,
             "snr_gamma": recipe.snr_gamma, "recipe": dataclasses.asdict(recipe), "weights": "ema",
+            "text_encoder_sha256": sd.clip.fingerprint(text),  # the token states it learnt to read
             "final_loss": round(final, 5),
             "losses": [round(x, 5) for x in result.losses[::10]], "trained_on": _machine(device),
             "encoding_seconds": round(encoding, 1), "seconds": round(result.seconds, 1),

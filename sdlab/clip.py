@@ -36,6 +36,7 @@ from sdlab.data import SCENES as _SCENES
 from sdlab.validation import number_in_range, one_of, positive_int
 
 __all__ = ["MiniCLIPConfig", "ImageTower", "MiniCLIP", "save_text_encoder", "load_text_encoder", "check_loaded",
+           "fingerprint",
            "contrastive_loss", "similarity_matrix", "ATTRIBUTES",
            "text_embeddings", "class_embeddings", "zero_shot", "zero_shot_accuracy", "probe_accuracy", "SCENES",
            "clip_batch", "clip_loss"]
@@ -233,6 +234,21 @@ def check_loaded(model: nn.Module, file: str | os.PathLike) -> None:
             f"and diffusers {diffusers.__version__}: {len(missing)} weights missing {missing[:3]}, {len(unused)} "
             f"unused {unused[:3]}, {len(differ)} different {differ[:3]}; the course supports transformers>=4.40 "
             f"(pyproject.toml)")
+
+
+def fingerprint(model: nn.Module) -> str:
+    """The sha256 of a model's weights as float32 (names and values, in name order): equal models, equal hex.
+
+    The text U-Net's record keeps the fingerprint of the text tower it learnt to read, so a test can tell
+    when mini-CLIP's text tower has moved under it.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.removeprefix(PREFIX).encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_text_encoder(folder: str | os.PathLike, *, local_files_only: bool = True) -> CLIPTextModel:

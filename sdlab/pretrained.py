@@ -130,6 +130,9 @@ class CLIPRecipe:
     swap_fraction: float = 0.0  # in pairs with the animal's and the background's colours swapped
     drop: float = 0.25  # captions (sdlab.captions.paraphrase): each of size, place and background left out
     drop_colour: float = 0.0  # ... and the animal's colour
+    # train only the image tower and the temperature: the text tower, which the text U-Net reads, stays
+    # exactly as the phase before left it
+    frozen_text: bool = False
     start: CLIPRecipe | None = None  # the recipe of the weights this one trains on from; None: random weights
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -235,6 +238,10 @@ def weights_dir(folder: str | os.PathLike) -> Iterator[Path]:
 # negatives, captions that leave the colour out, and the pooled prompt in the U-Net's time embedding.
 _BINDING_CLIP = dict(steps=600, lr=5e-4, warmup_steps=50, hard_fraction=0.4, swap_fraction=0.3, drop=0.3,
                      drop_colour=0.1)
+# Phase 3: the image tower alone learns the animal better (zero-shot on unseen animal-colour pairs 94.9 % after
+# phase 2), with animal-only groups in most of each batch; the text tower the U-Net reads does not move.
+_ANIMAL_CLIP = dict(steps=600, lr=5e-4, warmup_steps=20, hard_fraction=0.7, swap_fraction=0.2, drop=0.3,
+                    drop_colour=0.1, frozen_text=True)
 _BINDING_UNET = dict(steps=1200, lr=5e-4, warmup_steps=100, scenes=40_000, drop=0.3, drop_colour=0.1,
                      pooled_text=True)
 
@@ -247,7 +254,8 @@ REGISTRY: dict[str, Shipped] = {entry.name: entry for entry in [
     Shipped("catdog_classifier", 3, "cat-or-dog judge of generated silhouettes (p(dog), Fréchet features)",
             "sdlab.evaluate.CatDogClassifier", ClassifierRecipe()),
     Shipped("miniclip", 4, "mini-CLIP: a CLIPTextModel text tower and a CNN image tower, on 64×64 scenes",
-            "sdlab.clip.MiniCLIP", CLIPRecipe(**_BINDING_CLIP, start=CLIPRecipe()), format="folder"),
+            "sdlab.clip.MiniCLIP", CLIPRecipe(**_ANIMAL_CLIP, start=CLIPRecipe(**_BINDING_CLIP, start=CLIPRecipe())),
+            format="folder"),
     Shipped("judge", 5, "attribute judge: names animal, colour, background, size and position of 64×64 scenes",
             "sdlab.judge.AttributeJudge", JudgeRecipe()),
     Shipped("vae_f4", 5, "autoencoder, factor 4: 64×64×3 scenes ↔ 16×16×4 latents", "diffusers.AutoencoderKL",

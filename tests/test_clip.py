@@ -69,6 +69,22 @@ def test_training_through_fit_lowers_the_loss():
     assert sum(result.losses[-5:]) / 5 < sum(result.losses[:3]) / 3 - 0.1
 
 
+def test_a_frozen_text_tower_keeps_its_fingerprint_while_the_image_tower_trains():
+    model = tiny_clip().train()
+    before = sd.clip.fingerprint(model.text_model)
+    assert before == sd.clip.fingerprint(tiny_clip().text_model) and len(before) == 64
+    image = sd.clip.fingerprint(model.image_model)
+    model.text_model.requires_grad_(False)
+    model.text_projection.requires_grad_(False)
+    config = sd.train.TrainConfig(steps=3, batch_size=8, lr=1e-2, warmup_steps=1, ema_decay=0.0)
+    trained = sd.train.fit(model, sd.clip.clip_loss, sd.clip.clip_batch, config=config, progress=False).model
+    assert sd.clip.fingerprint(trained.text_model) == before
+    assert sd.clip.fingerprint(trained.image_model) != image
+    with torch.no_grad():
+        next(trained.text_model.parameters()).view(-1)[0] += 1e-3  # one number moved: another fingerprint
+    assert sd.clip.fingerprint(trained.text_model) != before
+
+
 def test_save_and_load_round_trip_and_the_text_encoder_loads_without_sdlab(tmp_path):
     model = tiny_clip()
     model.save_pretrained(tmp_path / "clip", info={"steps": 3})

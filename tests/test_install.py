@@ -57,6 +57,13 @@ def _fresh_venv(folder: Path) -> Path:
     python = folder / "bin" / "python"
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     (site / "_sdlab_pins.pth").write_text(f"{PINS}\n")
+    # Python 3.11's venv brings its own setuptools (65), which would shadow the pinned one that builds the wheel
+    for bundled in ("setuptools", "setuptools-*", "pkg_resources", "_distutils_hack", "distutils-precedence.pth"):
+        for path in site.glob(bundled):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     return python
 
 
@@ -154,7 +161,8 @@ def test_the_colab_set_up_cell_installs_sdlab_twice_over_then_the_chapter_runs(t
     assert f"git+{url}" in cell
     python = _fresh_venv(tmp_path / "venv")
     colab = nbformat.v4.new_code_cell('import sys, types\nsys.modules["google.colab"] = types.ModuleType("google.colab")')
-    setup = nbformat.v4.new_code_cell(cell.replace(f"git+{url}", f"git+file://localhost{bare}")  # pip 23 needs a host)
+    # pip 23 rejects a file URL without a host, hence localhost
+    setup = nbformat.v4.new_code_cell(cell.replace(f"git+{url}", f"git+file://localhost{bare}"))
     notebook = nbformat.read(ROOT / "notebooks" / "00_the_big_picture.ipynb", as_version=4)
     check = nbformat.v4.new_code_cell("import sdlab, sys\nassert sdlab.__file__.startswith(sys.prefix), sdlab.__file__")
     notebook.cells = [colab, setup, setup, check, *notebook.cells[1:]]

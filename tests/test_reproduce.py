@@ -91,6 +91,16 @@ def test_the_quick_run_writes_every_registry_entry_into_its_folder_and_each_load
                 assert info["steps"] == reproduce.QUICK_RUN["steps"], (name, info["steps"])
     pipe = StableDiffusionPipeline.from_pretrained(out / "mini_sd", local_files_only=True, low_cpu_mem_usage=False)
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    # mini-CLIP's three phases: each its own checkpoint and folder; the last moved only the image tower
+    assert {f"miniclip{k}-run.safetensors" for k in ("-phase1", "-phase2", "")} <= {p.name for p in (out / "build").iterdir()}
+    with weights_dir(out):
+        clip, record = load_pretrained("miniclip")
+        text_unet = load_pretrained("text_unet")[1]
+    assert len(sd.pretrained.phases(record)) == 3 == 1 + len(sd.pretrained.phases(record["start"]))
+    second = sd.clip.MiniCLIP.from_pretrained(out / "build" / "miniclip-phase2")
+    assert sd.clip.fingerprint(second.text_model) == sd.clip.fingerprint(clip.text_model)
+    assert sd.clip.fingerprint(second.image_model) != sd.clip.fingerprint(clip.image_model)
+    assert text_unet["text_encoder_sha256"] == sd.clip.fingerprint(pipe.text_encoder) == sd.clip.fingerprint(clip.text_model)
 
 
 def test_the_quick_run_prints_and_stores_each_stage_s_seconds_and_figures(quick_run):

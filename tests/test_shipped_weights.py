@@ -133,11 +133,14 @@ def unet_channels(folder):
 
 
 def test_the_shipped_text_unet_reads_mini_clip_s_token_states():
-    unet = load_pretrained("text_unet")[0]
+    unet, record = load_pretrained("text_unet")
     text = load_pretrained("miniclip")[0].text_model
     states = sd.text_unet.encode_prompts(text, ["a small red cat on the left, blue background"])
     sd.text_unet.check_text_states(unet, states)  # the widths match
     assert unet.config.cross_attention_dim == text.config.hidden_size == 128
+    # ... and they are the very states it learnt to read: mini-CLIP's text tower has not moved since
+    pipeline = load_pretrained("mini_sd")[0].text_encoder
+    assert sd.clip.fingerprint(text) == sd.clip.fingerprint(pipeline) == record["text_encoder_sha256"]
 
 
 @pytest.fixture(scope="module")
