@@ -45,7 +45,7 @@ def main() -> None:
         unet = UNet2DConditionModel.from_pretrained(args.unet, low_cpu_mem_usage=False)
         record = json.loads((Path(args.unet) / sd.pretrained.RECORD_FILE).read_text())
     unet.eval()
-    sampler = sd.text_unet.latent_sampler(record["schedule"], record.get("prediction_type", "epsilon"))
+    sampler = sd.text_unet.record_sampler(record)
     text = sd.pretrained.load_pretrained("miniclip")[0].text_model.float().eval()
     vae = sd.pretrained.load_pretrained("vae_f4")[0].eval()
     judge = sd.pretrained.load_pretrained("judge")[0].eval()

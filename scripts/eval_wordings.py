@@ -153,7 +153,7 @@ def main() -> None:
         print(table(rows, ["swap", "probe colour", "probe background"]))
         out["diagnose"] = rows
     else:
-        sampler = sd.text_unet.latent_sampler(record["schedule"], record.get("prediction_type", "epsilon"))
+        sampler = sd.text_unet.record_sampler(record)
         vae = sd.pretrained.load_pretrained("vae_f4")[0].eval()
         judge = sd.pretrained.load_pretrained("judge")[0].eval()
         start = time.perf_counter()

@@ -114,7 +114,7 @@ def text_unet_adherence(record: dict, evaluation: Evaluation, device: torch.devi
     """`sd.guidance.adherence` of the text U-Net (with the mini-CLIP and vae_f4 it was trained with)."""
     pipe = sd.pipeline.assemble(device=device)
     judge = load_pretrained("judge", device=device)[0]
-    sampler = sd.text_unet.latent_sampler(record["schedule"], record["prediction_type"])
+    sampler = sd.text_unet.record_sampler(record)
     return sd.guidance.adherence(pipe.unet, pipe.text_encoder, pipe.vae, judge, held_out_prompts(evaluation),
                                  guidance_scale=GUIDANCE_SCALE, sampler=sampler,
                                  num_inference_steps=evaluation.inference_steps,

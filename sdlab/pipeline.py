@@ -11,22 +11,25 @@ diffusers and transformers where ``sdlab`` is not installed; the course ships it
 
 :func:`paint` is the same generation written out as a readable loop (tokenize, encode, random
 latents, guided denoising, decode); for the same seed and settings it gives the pipeline's picture.
+It is the library's one generation path: chapter 6's ``sd.guidance.generate`` paints its models,
+gathered as `Parts`, through it.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = ["SCHEDULERS", "make_scheduler", "assemble", "save_pipeline", "load_pipeline", "swap_scheduler",
-           "image_to_image", "paint", "UnknownWordsWarning", "is_course_model", "unknown_words", "TRACED", "trace"]
+           "image_to_image", "Parts", "paint", "UnknownWordsWarning", "is_course_model", "unknown_words", "TRACED",
+           "trace"]
 
 # The diffusers schedulers the shipped U-Net runs with, without retraining: each is built from the
 # DDIM configuration, so it inherits the schedule, the prediction type and the trailing timesteps.
@@ -57,13 +60,13 @@ def assemble(*, device: torch.device | str | None = None):
     from diffusers import StableDiffusionPipeline
 
     from sdlab.pretrained import load_pretrained
-    from sdlab.text_unet import latent_sampler
+    from sdlab.text_unet import record_sampler
     from sdlab.tokenizer import load_tokenizer
 
     unet, record = load_pretrained("text_unet", device=device)
     text_encoder = load_pretrained("miniclip", device=device)[0].text_model.float()
     vae = load_pretrained("vae_f4", device=device)[0]
-    scheduler = make_scheduler(latent_sampler(record["schedule"], record["prediction_type"]))
+    scheduler = make_scheduler(record_sampler(record))
     pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=load_tokenizer(),
                                    unet=unet.eval(), scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -214,18 +217,44 @@ def _start_image(image: Any, batch: int, multiple: int) -> torch.Tensor:
     return x
 
 
+@dataclass
+class Parts:
+    """The five parts `paint` composes, gathered once: chapter 6's models before they become a pipeline.
+
+    A ``StableDiffusionPipeline`` holds the same five attributes, so `paint` takes either (labml's
+    ``LatentDiffusion`` holds its parts the same way). Left out, ``scheduler`` is the DDIM the shipped
+    U-Net was trained for (`sd.text_unet.latent_sampler`) and ``tokenizer`` CLIP's
+    (`sd.tokenizer.load_tokenizer`).
+    """
+
+    unet: Any
+    text_encoder: Any
+    vae: Any
+    scheduler: Any = None
+    tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        from sdlab.text_unet import latent_sampler
+        from sdlab.tokenizer import load_tokenizer
+
+        self.scheduler = latent_sampler() if self.scheduler is None else self.scheduler
+        self.tokenizer = load_tokenizer() if self.tokenizer is None else self.tokenizer
+
+
 def paint(pipe, prompt: str | list[str], *, negative_prompt: str = "", guidance_scale: float = 7.5,
           num_inference_steps: int = 20, generator: torch.Generator | None = None, height: int | None = None,
           width: int | None = None, image: Any = None, strength: float = 0.8, eta: float = 0.0,
-          on_step: Callable[[int, torch.Tensor, Any], None] | None = None) -> torch.Tensor:
+          return_trajectory: bool = False, progress: bool = False,
+          on_step: Callable[[int, torch.Tensor, Any], None] | None = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
     """Stable Diffusion's generation as one readable loop, over any ``StableDiffusionPipeline``'s parts.
 
     For the same seed, scheduler and settings the picture equals ``pipe(...)``'s (and, with
     ``image``, ``StableDiffusionImg2ImgPipeline``'s); the only difference is the range of the result.
+    The loop is chapter 3's `sd.samplers.sample`, its model chapter 6's `sd.guidance.guided_noise`.
 
     Args:
         pipe: supplies the tokenizer, text encoder, U-Net, VAE and scheduler (the course's
-            ``load_pipeline()``, or real Stable Diffusion).
+            ``load_pipeline()``, real Stable Diffusion, or chapter 6's models as `Parts`).
         prompt: one prompt or a list (one picture each). negative_prompt: the unconditional branch's prompt.
         guidance_scale: s ≥ 1; at exactly 1 the unconditional branch is skipped.
         num_inference_steps: denoising steps. generator: seeds the latents (and a stochastic step).
@@ -233,86 +262,104 @@ def paint(pipe, prompt: str | list[str], *, negative_prompt: str = "", guidance_
         image: start from this picture instead of pure noise (image-to-image): a PIL image or a
             tensor in [−1, 1]. strength: how much of the schedule to run from it, in (0, 1]:
             1 repaints from pure noise, small values keep the layout.
-        eta: DDIM's noise (0: deterministic). on_step: called as ``on_step(i, t, scheduler_output)``
-            after every step (``.pred_original_sample`` is x̂0 for DDIM).
+        eta: DDIM's noise (0: deterministic), for schedulers whose ``step`` takes it.
+        return_trajectory: also return the `sd.samplers.Trajectory` of the latents (x_t and x̂0 of
+            every step, on the CPU; decode them with `sd.vae.decode`). progress: show a progress bar.
+        on_step: deprecated; ``return_trajectory=True`` returns the same steps.
 
     Returns:
-        (B, 3, H, W) pictures in [−1, 1] (the pipeline's ``output_type="pt"`` gives x / 2 + 0.5).
+        (B, 3, H, W) pictures in [−1, 1] (the pipeline's ``output_type="pt"`` gives x / 2 + 0.5); with
+        ``return_trajectory``, the pair (pictures, trajectory).
 
     Warns:
         UnknownWordsWarning: the course's model is asked for words it never saw in training (it
             paints them as noise would: a random scene); real Stable Diffusion is never warned about.
     """
     _warn_unknown_words(pipe, [*_prompts(prompt), *_prompts(negative_prompt)])
+    if on_step is not None:
+        warnings.warn("paint's on_step is deprecated: paint(..., return_trajectory=True) returns (pictures, "
+                      "trajectory), whose pred_original_samples hold x̂0 of every step", DeprecationWarning,
+                      stacklevel=2)
     with torch.inference_mode():  # no autograd bookkeeping at all (the pipeline uses no_grad)
-        pictures = _paint(pipe, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
-                          num_inference_steps=num_inference_steps, generator=generator, height=height, width=width,
-                          image=image, strength=strength, eta=eta, on_step=on_step)
-    return pictures.clone()  # an ordinary tensor again, usable outside inference mode
+        pictures, trajectory = _paint(pipe, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                                      num_inference_steps=num_inference_steps, generator=generator, height=height,
+                                      width=width, image=image, strength=strength, eta=eta, progress=progress,
+                                      keep_steps=return_trajectory or on_step is not None)
+    if on_step is not None:
+        _replay(on_step, trajectory, pictures.device)
+    pictures = pictures.clone()  # ordinary tensors again, usable outside inference mode
+    return (pictures, _outside_inference_mode(trajectory)) if return_trajectory else pictures
 
 
 def _paint(pipe, prompt, *, negative_prompt, guidance_scale, num_inference_steps, generator, height, width, image,
-           strength, eta, on_step) -> torch.Tensor:
-    from sdlab.guidance import check_guidance_scale
-    from sdlab.random import randn_tensor
-    from sdlab.validation import int_in_range, number_in_range
+           strength, eta, progress, keep_steps) -> tuple[torch.Tensor, Any]:
+    """`paint`'s four stages; returns the pictures and the trajectory (None unless ``keep_steps``)."""
+    from sdlab.guidance import check_guidance_scale, guided_noise
+    from sdlab.samplers import sample
+    from sdlab.text_unet import encode_prompts
+    from sdlab.vae import decode
+    from sdlab.validation import int_in_range
 
-    tokenizer, text_encoder, unet, vae, scheduler = (pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae,
-                                                      pipe.scheduler)
+    unet, scheduler = pipe.unet, pipe.scheduler
     prompts, scale = _prompts(prompt), check_guidance_scale(guidance_scale)
     steps = int_in_range(num_inference_steps, "num_inference_steps", 1, scheduler.config.num_train_timesteps)
-    device, factor = unet.device, 2 ** (len(vae.config.block_out_channels) - 1)
 
     # 1. The words: token ids (padded to 77), then the text encoder's token states.
     def encode(texts: list[str]) -> torch.Tensor:
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        return text_encoder(ids.to(device))[0].to(unet.dtype)
+        return encode_prompts(pipe.text_encoder, texts, tokenizer=pipe.tokenizer).to(unet.device, unet.dtype)
 
     cond = encode(prompts)
     uncond = encode([negative_prompt] * len(prompts)) if scale > 1 else None
 
-    # 2. The canvas: random latents, or a picture's latents noised to the step we start from.
-    scheduler.set_timesteps(steps, device=device)
-    timesteps = scheduler.timesteps
-    if image is None:
-        size = (height or unet.config.sample_size * factor, width or unet.config.sample_size * factor)
-        if size[0] % factor or size[1] % factor:
-            raise ValueError(f"height and width must be multiples of {factor}; got {size}")
-        shape = (len(prompts), unet.config.in_channels, size[0] // factor, size[1] // factor)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)
-        latents = latents * scheduler.init_noise_sigma
-    else:
-        strength = number_in_range(strength, "strength", 0.0, 1.0, low_open=True)
-        start = steps - min(int(steps * strength), steps)
-        if start == steps:
-            raise ValueError(f"strength {strength} runs no step of {steps}: raise strength or num_inference_steps")
-        timesteps = timesteps[start * scheduler.order:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(start * scheduler.order)
-        pixels = _start_image(image, len(prompts), factor).to(device, vae.dtype)
-        clean = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
-        clean = clean.expand(len(prompts), -1, -1, -1)  # one picture for every prompt: encoded once
-        noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
-        latents = scheduler.add_noise(clean, noise, timesteps[:1].repeat(len(prompts)))
+    # 2. The canvas: the latents' shape, and for image-to-image the picture's latents to noise.
+    shape, start = _canvas(pipe, len(prompts), height, width, image, generator)
 
     # 3. The painting: at each step the U-Net predicts twice (without and with the words), guided.
-    states = cond if uncond is None else torch.cat([uncond, cond])
-    accepts = set(inspect.signature(scheduler.step).parameters)
-    step_options = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepts}
-    for i, t in enumerate(timesteps):
-        model_input = scheduler.scale_model_input(latents if uncond is None else torch.cat([latents] * 2), t)
-        prediction = unet(model_input, t, encoder_hidden_states=states).sample
-        if uncond is not None:
-            unconditional, conditional = prediction.chunk(2)
-            prediction = unconditional + scale * (conditional - unconditional)
-        out = scheduler.step(prediction, t, latents, **step_options)
-        latents = out.prev_sample
-        if on_step is not None:
-            on_step(i, t, out)
+    def model_fn(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return guided_noise(unet, latents, t, cond_states=cond, uncond_states=uncond, guidance_scale=scale)
 
-    # 4. The reveal: undo the latent scaling, decode once.
-    return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+    done = sample(model_fn, shape, sampler=scheduler, num_inference_steps=steps, generator=generator,
+                  device=unet.device, dtype=unet.dtype, image_latents=start, strength=strength, eta=eta,
+                  return_trajectory=keep_steps, progress=progress)
+    latents, trajectory = done if keep_steps else (done, None)
+
+    # 4. The reveal: decode once (`sd.vae.decode` undoes the latent scaling).
+    return decode(pipe.vae, latents).clamp(-1, 1), trajectory
+
+
+def _canvas(pipe, batch: int, height: int | None, width: int | None, image: Any,
+            generator: torch.Generator | None) -> tuple[tuple[int, ...], torch.Tensor | None]:
+    """The latents' shape (B, C, h, w), and the start picture's latents for image-to-image (else None)."""
+    from sdlab.vae import downsampling_factor, encode
+
+    unet, vae = pipe.unet, pipe.vae
+    factor = downsampling_factor(vae)
+    if image is not None:  # one picture for every prompt is encoded once
+        pixels = _start_image(image, batch, factor).to(unet.device, vae.dtype)
+        clean = encode(vae, pixels, generator=generator).expand(batch, -1, -1, -1).to(unet.dtype)
+        return tuple(clean.shape), clean
+    size = (height or unet.config.sample_size * factor, width or unet.config.sample_size * factor)
+    if size[0] % factor or size[1] % factor:
+        raise ValueError(f"height and width must be multiples of {factor}; got {size}")
+    return (batch, unet.config.in_channels, size[0] // factor, size[1] // factor), None
+
+
+def _replay(on_step: Callable[[int, torch.Tensor, Any], None], trajectory, device: torch.device) -> None:
+    """The deprecated ``on_step(i, t, out)``, called for every step of the finished ``trajectory``."""
+    from sdlab.sampler_base import StepOutput
+
+    x0 = trajectory.pred_original_samples
+    for i, t in enumerate(trajectory.timesteps):
+        on_step(i, torch.tensor(t, device=device), StepOutput(prev_sample=trajectory.samples[i + 1].to(device),
+                                                              pred_original_sample=x0[i].to(device) if x0 else None))
+
+
+def _outside_inference_mode(trajectory):
+    """The trajectory with ordinary tensors (those made in inference mode refuse in-place changes)."""
+    from sdlab.samplers import Trajectory
+
+    return Trajectory(timesteps=list(trajectory.timesteps), samples=[x.clone() for x in trajectory.samples],
+                      pred_original_samples=[x.clone() for x in trajectory.pred_original_samples])
 
 
 # What `trace` watches, in the order a picture passes through them: the part, and what to call it.
@@ -348,10 +395,12 @@ def trace(pipe, prompt: str | list[str], **options: Any) -> list[dict]:
     rows = {path: {"part": label, "calls": 0, "input": None, "output": None} for path, label in TRACED}
     undo = []
 
-    def record(path: str, args: tuple, result: Any) -> None:
+    def record(path: str, args: tuple, kwargs: dict, result: Any) -> None:
+        """Count the call; its input is the first argument, given by position or by name."""
         row = rows[path]
         row["calls"] += 1
-        row["input"], row["output"] = _shape(args[0]) if args else None, _shape(result)
+        inputs = (*args, *kwargs.values())
+        row["input"], row["output"] = _shape(inputs[0]) if inputs else None, _shape(result)
 
     for path, _ in TRACED:
         owner_path, _, name = path.rpartition(".")
@@ -360,12 +409,13 @@ def trace(pipe, prompt: str | list[str], **options: Any) -> list[dict]:
             owner = getattr(owner, attribute)
         target = getattr(owner, name)
         if isinstance(target, torch.nn.Module):
-            handle = target.register_forward_hook(lambda module, args, result, path=path: record(path, args, result))
+            handle = target.register_forward_hook(lambda module, args, kwargs, result, path=path: record(
+                path, args, kwargs, result), with_kwargs=True)
             undo.append(handle.remove)
         else:  # a method or a callable object: wrap it on the instance for the duration
             def wrapped(*args: Any, target=target, path=path, **kwargs: Any) -> Any:
                 result = target(*args, **kwargs)
-                record(path, args, result)
+                record(path, args, kwargs, result)
                 return result
 
             setattr(owner, name, wrapped)

@@ -236,12 +236,13 @@ def _check_scheduler(sampler: Any) -> None:
                         f"lacks {', '.join(missing)}")
 
 
-def _step_kwargs(sampler: Scheduler, generator: Generators, step_kwargs: Mapping[str, Any] | None) -> dict:
-    """Extra arguments for ``sampler.step``: ``step_kwargs``, plus the generator where the step takes one."""
-    kwargs = dict(step_kwargs or {})
-    if generator is not None and "generator" in inspect.signature(sampler.step).parameters:
-        kwargs["generator"] = generator
-    return kwargs
+def _step_kwargs(sampler: Scheduler, step_kwargs: Mapping[str, Any] | None, **optional: Any) -> dict:
+    """Extra arguments for ``sampler.step``: ``step_kwargs``, plus those ``optional`` ones the step takes.
+
+    diffusers' pipelines pass the generator and DDIM's η the same way: only to a step that has them.
+    """
+    accepts = inspect.signature(sampler.step).parameters
+    return {**{k: v for k, v in optional.items() if v is not None and k in accepts}, **(step_kwargs or {})}
 
 
 def _record(trajectory: Trajectory, t: torch.Tensor, out: Any) -> None:
@@ -250,6 +251,35 @@ def _record(trajectory: Trajectory, t: torch.Tensor, out: Any) -> None:
     trajectory.samples.append(out.prev_sample.detach().cpu())
     if getattr(out, "pred_original_sample", None) is not None:
         trajectory.pred_original_samples.append(out.pred_original_sample.detach().cpu())
+
+
+def _start(sampler: Scheduler, noise: torch.Tensor, num_inference_steps: int, image_latents: torch.Tensor | None,
+           strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x at the first step and the timesteps still to run, after ``set_timesteps``.
+
+    From pure noise: x_T = noise · ``init_noise_sigma``, every timestep. Image-to-image (diffusers'
+    ``StableDiffusionImg2ImgPipeline``): skip the first (1 − strength) of the steps and noise the clean
+    start to the first timestep left, ``add_noise(x0, noise, t)``; a small strength keeps the layout.
+    """
+    if image_latents is None:
+        return noise * sampler.init_noise_sigma, sampler.timesteps
+    strength = number_in_range(strength, "strength", 0.0, 1.0, low_open=True)
+    skipped = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
+    if skipped == num_inference_steps:
+        raise ValueError(f"strength {strength} runs no step of {num_inference_steps}: raise strength or "
+                         "num_inference_steps")
+    first = skipped * getattr(sampler, "order", 1)  # a second-order step holds two timesteps
+    timesteps = sampler.timesteps[first:]
+    if hasattr(sampler, "set_begin_index"):  # multistep schedulers count their steps from here
+        sampler.set_begin_index(first)
+    return sampler.add_noise(image_latents, noise, timesteps[:1].repeat(noise.shape[0])), timesteps
+
+
+def _checked_latents(latents: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """``latents`` itself, or a ValueError when it is not of the images' ``shape``."""
+    if tuple(latents.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {tuple(latents.shape)}")
+    return latents
 
 
 def sample(
@@ -262,6 +292,9 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     latents: torch.Tensor | None = None,
+    image_latents: torch.Tensor | None = None,
+    strength: float = 0.8,
+    eta: float | None = None,
     step_kwargs: Mapping[str, Any] | None = None,
     return_trajectory: bool = False,
     progress: bool = True,
@@ -272,7 +305,8 @@ def sample(
     (DDIM, DPM-Solver++, Euler, ...): the loop is the one diffusers' pipelines run. Two of its
     lines matter only for some diffusers schedulers: x_T is scaled by ``init_noise_sigma``
     (Euler starts from N(0, σ_max² I)), and the model sees ``scale_model_input(x_t, t)``;
-    for DDPM and DDIM both leave x_t unchanged.
+    for DDPM and DDIM both leave x_t unchanged. With ``image_latents`` the loop starts part-way
+    down instead, from a clean picture noised to that step (image-to-image).
 
     Args:
         model_fn: ``model_fn(x_t, t)`` returns the model output (B, C, H, W); ``t`` is a
@@ -282,7 +316,13 @@ def sample(
         num_inference_steps: how many reverse steps, 1..T.
         generator: seeds x_T and every step's noise (one, or one per image).
         device, dtype: where x_T is created (default: CPU, float32).
-        latents: x_T itself, (B, C, H, W), instead of drawing it (still scaled by ``init_noise_sigma``).
+        latents: x_T itself, (B, C, H, W), instead of drawing it (still scaled by ``init_noise_sigma``);
+            with ``image_latents``, the noise added to them.
+        image_latents: clean x0, (B, C, H, W), to start from (image-to-image); ``None``: pure noise.
+        strength: with ``image_latents``, the share of the steps to run, in (0, 1]: 1 repaints
+            from pure noise, small values keep the start's layout.
+        eta: DDIM's η for a scheduler whose ``step`` takes it (diffusers' DDIM); the others ignore it, as
+            in diffusers' pipelines (the course's DDIMSampler holds its η itself).
         step_kwargs: extra keyword arguments for ``sampler.step``, e.g. ``{"eta": 0.5}`` for diffusers' DDIM.
         return_trajectory: also return a Trajectory of every x_t and x̂0.
         progress: show a tqdm progress bar.
@@ -291,15 +331,17 @@ def sample(
     """
     _check_scheduler(sampler)
     shape = _check_shape(shape)
-    kwargs = _step_kwargs(sampler, generator, step_kwargs)
+    kwargs = _step_kwargs(sampler, step_kwargs, generator=generator, eta=eta)
+    if image_latents is not None:
+        image_latents = _checked_latents(image_latents, "image_latents", shape)
+        device, dtype = image_latents.device, image_latents.dtype
     if latents is None:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    elif tuple(latents.shape) != shape:
-        raise ValueError(f"latents must have shape {shape}; got {tuple(latents.shape)}")
+    latents = _checked_latents(latents, "latents", shape)
     sampler.set_timesteps(num_inference_steps, device=latents.device)
-    x = latents * sampler.init_noise_sigma  # x_T
+    x, timesteps = _start(sampler, latents, num_inference_steps, image_latents, strength)
     trajectory = Trajectory(samples=[x.cpu()] if return_trajectory else [])
-    for t in bar(sampler.timesteps, desc=type(sampler).__name__, disable=not progress):
+    for t in bar(timesteps, desc=type(sampler).__name__, disable=not progress):
         model_output = model_fn(sampler.scale_model_input(x, t), t)  # ε̂ (or v̂) at step t
         out = sampler.step(model_output, t, x, **kwargs)  # x_t → x_{t−1}
         x = out.prev_sample

@@ -28,7 +28,7 @@ from sdlab.schedules import NoiseSchedule
 from sdlab.validation import number_in_range, positive_int
 
 __all__ = ["make_text_unet", "load_into", "check_text_states", "LatentScenes", "encode_scenes", "encode_prompts",
-           "text_unet_loss", "latent_sampler"]
+           "text_unet_loss", "latent_sampler", "record_sampler"]
 
 
 def make_text_unet(*, cross_attention_dim: int = 128, block_out_channels: tuple[int, ...] = (32, 64, 64),
@@ -129,15 +129,17 @@ class LatentScenes:
         return self.latents[index].float(), self.input_ids[index].long()
 
 
-def encode_prompts(text_encoder: nn.Module, prompts: list[str] | tuple[str, ...] | torch.Tensor) -> torch.Tensor:
+def encode_prompts(text_encoder: nn.Module, prompts: str | list[str] | tuple[str, ...] | torch.Tensor, *,
+                   tokenizer=None) -> torch.Tensor:
     """Token states (B, 77, width) of prompts (or of their (B, 77) ids), as diffusers' pipeline computes them.
 
     Like ``StableDiffusionPipeline.encode_prompt``: padded to 77 tokens, no attention mask, the last hidden state.
+    ``tokenizer``: the pipeline's own (default: CLIP's, `sd.tokenizer.load_tokenizer`).
     """
     from sdlab.tokenizer import tokenize
 
     device = next(text_encoder.parameters()).device
-    ids = prompts if isinstance(prompts, torch.Tensor) else tokenize(list(prompts))["input_ids"]
+    ids = prompts if isinstance(prompts, torch.Tensor) else tokenize(prompts, tokenizer=tokenizer)["input_ids"]
     with torch.no_grad():
         return text_encoder(input_ids=ids.to(device)).last_hidden_state
 
@@ -217,3 +219,11 @@ def latent_sampler(schedule: str = "cosine", prediction_type: str = "v_predictio
 
     return DDIMSampler(NoiseSchedule(schedule), prediction_type=prediction_type,
                        **{"clip_sample": False, "timestep_spacing": "trailing", "steps_offset": 1, **options})
+
+
+def record_sampler(record: dict, **options):
+    """The `latent_sampler` that a training record's U-Net was trained for: its schedule and prediction type.
+
+    Records older than v-prediction name no prediction type; their U-Nets predict ε.
+    """
+    return latent_sampler(record["schedule"], record.get("prediction_type", "epsilon"), **options)

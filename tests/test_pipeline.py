@@ -147,17 +147,32 @@ def test_the_readable_loop_paints_the_pipeline_s_picture(pipe, scheduler, scale,
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # the original is untouched
 
 
-@pytest.mark.parametrize("strength", [0.5, 1.0])
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
-def test_the_readable_loop_paints_the_image_to_image_pipeline_s_picture(pipe, strength, scheduler):
+@pytest.mark.parametrize("strength, negative", [(0.5, ""), (1.0, "a white dog")])
+@pytest.mark.parametrize("scheduler", sorted(sd.pipeline.SCHEDULERS))
+def test_the_readable_loop_paints_the_image_to_image_pipeline_s_picture(pipe, strength, negative, scheduler):
     swapped = sd.pipeline.swap_scheduler(pipe, scheduler)
     start = _scene().images
     ours = sd.pipeline.paint(swapped, [OTHER, PROMPT], image=start, strength=strength, guidance_scale=3.0,
-                             num_inference_steps=8, generator=torch.Generator().manual_seed(1))
+                             negative_prompt=negative, num_inference_steps=8,
+                             generator=torch.Generator().manual_seed(1))
     theirs = sd.pipeline.image_to_image(swapped)([OTHER, PROMPT], image=start / 2 + 0.5, strength=strength,
+                                                 negative_prompt=[negative] * 2 if negative else None,
                                                  guidance_scale=3.0, num_inference_steps=8,
                                                  generator=torch.Generator().manual_seed(1), output_type="pt").images
     torch.testing.assert_close(ours / 2 + 0.5, theirs, atol=1e-5, rtol=0)
+
+
+def test_chapter_6_s_parts_gathered_once_paint_what_the_pipeline_and_generate_paint(pipe):
+    parts = sd.pipeline.Parts(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae)
+    assert type(parts.scheduler).__name__ == "DDIMSampler" and parts.tokenizer is sd.tokenizer.load_tokenizer()
+    options = dict(negative_prompt="a white dog", guidance_scale=3.0, num_inference_steps=6)
+    ours = sd.pipeline.paint(parts, [PROMPT, OTHER], generator=torch.Generator().manual_seed(2), **options)
+    kept = sd.guidance.generate(pipe.unet, pipe.text_encoder, pipe.vae, [PROMPT, OTHER],
+                                generator=torch.Generator().manual_seed(2), **options)
+    theirs = pipe([PROMPT, OTHER], negative_prompt=[options.pop("negative_prompt")] * 2, height=64, width=64,
+                  generator=torch.Generator().manual_seed(2), output_type="pt", **options).images
+    assert torch.equal(ours, kept)
+    torch.testing.assert_close(ours / 2 + 0.5, theirs, atol=1e-4, rtol=0)  # the course's DDIM vs diffusers'
 
 
 def test_image_to_image_keeps_more_of_the_start_at_lower_strength(pipe):
@@ -168,12 +183,41 @@ def test_image_to_image_keeps_more_of_the_start_at_lower_strength(pipe):
     assert distance[0] < distance[1] < distance[2]
 
 
-def test_on_step_sees_every_step_and_the_predicted_clean_latents(pipe):
+def test_the_trajectory_holds_every_step_and_the_predicted_clean_latents(pipe):
+    pictures, trajectory = sd.pipeline.paint(pipe, PROMPT, num_inference_steps=5, guidance_scale=2.0,
+                                             generator=torch.Generator().manual_seed(0), return_trajectory=True)
+    assert len(trajectory.timesteps) == 5 and trajectory.timesteps[0] == 999
+    assert trajectory.timesteps == sorted(trajectory.timesteps, reverse=True)
+    assert [x.shape for x in trajectory.pred_original_samples] == [(1, 4, 16, 16)] * 5
+    assert len(trajectory.samples) == 6
+    assert torch.equal(pictures, sd.pipeline.paint(pipe, PROMPT, num_inference_steps=5, guidance_scale=2.0,
+                                                   generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        last = sd.vae.decode(pipe.vae, trajectory.samples[-1]).clamp(-1, 1)
+    assert torch.equal(last, pictures)
+    trajectory.samples[0].zero_()  # ordinary tensors, not inference-mode ones
+
+
+def test_on_step_is_deprecated_and_still_sees_every_step(pipe):
     seen = []
-    sd.pipeline.paint(pipe, PROMPT, num_inference_steps=5, guidance_scale=2.0,
-                      on_step=lambda i, t, out: seen.append((i, int(t), out.pred_original_sample.shape)))
+    with pytest.warns(DeprecationWarning, match="return_trajectory"):
+        sd.pipeline.paint(pipe, PROMPT, num_inference_steps=5, guidance_scale=2.0,
+                          on_step=lambda i, t, out: seen.append((i, int(t), out.pred_original_sample.shape)))
     assert [s[0] for s in seen] == list(range(5)) and seen[0][1] == 999 and seen[-1][1] < seen[0][1]
     assert {s[2] for s in seen} == {(1, 4, 16, 16)}
+
+
+def test_eta_reaches_ddim_s_step_and_a_scheduler_without_it_ignores_it_as_the_pipeline_does(pipe):
+    settings = dict(guidance_scale=3.0, num_inference_steps=4)
+    ours = sd.pipeline.paint(pipe, PROMPT, eta=0.7, generator=torch.Generator().manual_seed(0), **settings)
+    theirs = pipe(PROMPT, eta=0.7, height=64, width=64, generator=torch.Generator().manual_seed(0),
+                  output_type="pt", **settings).images
+    torch.testing.assert_close(ours / 2 + 0.5, theirs, atol=1e-5, rtol=0)
+    assert not torch.equal(ours, sd.pipeline.paint(pipe, PROMPT, generator=torch.Generator().manual_seed(0),
+                                                   **settings))
+    euler = sd.pipeline.swap_scheduler(pipe, "euler")
+    assert torch.equal(*(sd.pipeline.paint(euler, PROMPT, eta=eta, generator=torch.Generator().manual_seed(0),
+                                           **settings) for eta in (0.0, 0.7)))
 
 
 def test_paint_is_repeatable_per_seed(pipe):

@@ -363,6 +363,46 @@ def test_bad_step_arguments(schedules):
         sampler.step(x, torch.tensor(900.0), x)
 
 
+@pytest.mark.parametrize("strength, steps_run", [(0.5, 4), (0.3, 2), (1.0, 8)])
+def test_image_to_image_starts_part_way_down_from_the_noised_picture(schedules, strength, steps_run):
+    sampler, clean = DDIMSampler(schedules["cosine"]), torch.rand(SHAPE, generator=torch.Generator().manual_seed(4))
+    x, traj = sample(fake_model, SHAPE, sampler=sampler, num_inference_steps=8, image_latents=clean,
+                     strength=strength, generator=torch.Generator().manual_seed(0), return_trajectory=True,
+                     progress=False)
+    first = sampler.timesteps[8 - steps_run]
+    assert traj.timesteps == sampler.timesteps[8 - steps_run:].tolist() and torch.equal(traj.samples[-1], x)
+    noise = randn_tensor(SHAPE, generator=torch.Generator().manual_seed(0))  # drawn after the picture's latents
+    assert torch.equal(traj.samples[0], sampler.add_noise(clean, noise, first.repeat(SHAPE[0])))
+
+
+def test_image_to_image_with_diffusers_dpm_solver_equals_the_pipeline_s_set_up(schedules):
+    config = schedules["linear"].diffusers_config()
+    ours, theirs = (DPMSolverMultistepScheduler(**config) for _ in range(2))
+    clean, noise = torch.rand(SHAPE, generator=torch.Generator().manual_seed(4)), torch.randn(SHAPE)
+    x = sample(fake_model, SHAPE, sampler=ours, num_inference_steps=10, latents=noise, image_latents=clean,
+               strength=0.6, progress=False)
+    theirs.set_timesteps(10)
+    timesteps = theirs.timesteps[4:]  # StableDiffusionImg2ImgPipeline.get_timesteps
+    theirs.set_begin_index(4)
+    y = theirs.add_noise(clean, noise, timesteps[:1].repeat(SHAPE[0]))
+    for t in timesteps:
+        y = theirs.step(fake_model(y, t), t, y).prev_sample
+    assert torch.equal(x, y)
+
+
+def test_bad_image_to_image_arguments(schedules):
+    sampler, clean = DDIMSampler(schedules["cosine"]), torch.zeros(SHAPE)
+    run = lambda **kw: sample(fake_model, SHAPE, sampler=sampler, num_inference_steps=8, progress=False,  # noqa: E731
+                              **{"image_latents": clean, **kw})
+    for strength in (0.0, 1.5, "1"):
+        with pytest.raises((ValueError, TypeError), match="strength"):
+            run(strength=strength)
+    with pytest.raises(ValueError, match="strength 0.1 runs no step of 8: raise strength or num_inference_steps"):
+        run(strength=0.1)
+    with pytest.raises(ValueError, match=r"image_latents must have shape \(2, 3, 8, 8\); got \(1, 3, 8, 8\)"):
+        run(image_latents=clean[:1])
+
+
 def test_bad_loop_arguments(schedules):
     sampler = DDPMSampler(schedules["linear"])
     with pytest.raises(ValueError, match=r"shape must be a tuple of positive ints such as \(B, C, H, W\); got \(2, 0, 8\)"):

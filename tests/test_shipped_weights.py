@@ -149,7 +149,7 @@ def painter():
     unet, record = load_pretrained("text_unet")
     text = load_pretrained("miniclip")[0].text_model.float().eval()
     vae, judge = load_pretrained("vae_f4")[0], load_pretrained("judge")[0]
-    sampler = sd.text_unet.latent_sampler(record["schedule"], record["prediction_type"])
+    sampler = sd.text_unet.record_sampler(record)
     return dict(unet=unet.eval(), text_encoder=text, vae=vae.eval(), judge=judge.eval()), sampler, record
 
 
