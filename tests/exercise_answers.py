@@ -199,6 +199,28 @@ def attention_in_place(x, states, w_q, w_k, w_v):
     return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
 
 
+def guided_step(unet, scheduler, latents, t, cond, uncond, scale):
+    both = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+    u, c = unet(both, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+    return scheduler.step(u + scale * (c - u), t, latents).prev_sample
+
+
+def guided_step_two_calls(unet, scheduler, latents, t, cond, uncond, scale):
+    x = scheduler.scale_model_input(latents, t)
+    u, c = (unet(x, t, encoder_hidden_states=states)[0] for states in (uncond, cond))
+    return scheduler.step(u + scale * (c - u), t, latents, return_dict=False)[0]
+
+
+def guided_step_unscaled(unet, scheduler, latents, t, cond, uncond, scale):  # step 4's loop: right for DDIM only
+    u, c = unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+    return scheduler.step(u + scale * (c - u), t, latents).prev_sample
+
+
+def guided_step_notebook_scheduler(unet, scheduler, latents, t, cond, uncond, scale):
+    """Ignores its scheduler for the one the notebook builds: DDIM, 20 steps."""
+    return guided_step(unet, sd.checks.ch7._scheduler("ddim", 20), latents, t, cond, uncond, scale)
+
+
 ANSWERS: dict[str, Answers] = {
     "check_alphas_cumprod": Answers(
         alphas_cumprod,
@@ -336,5 +358,16 @@ ANSWERS: dict[str, Answers] = {
              DTYPE),
             (attention_in_place, IN_PLACE),
             (lambda x, st, q, k, v: torch.softmax((x @ q) @ (st @ k).transpose(-1, -2), dim=-1) @ (st @ v), "√d"),
+        ]),
+    "check_guided_step": Answers(
+        guided_step,
+        also_right=[guided_step_two_calls],
+        fragile=[
+            (guided_step_unscaled, "scale_model_input"),
+            (guided_step_notebook_scheduler, "raised IndexError"),  # Euler's float t indexes nothing in DDIM
+            (lambda unet, sch, x, t, c, u, s: guided_step(unet, sch, x, t, c, u, 3.0), "off by"),  # the notebook's scale
+            (lambda unet, sch, x, t, c, u, s: guided_step(unet, sch, x, t, c, u, s)[:1], "shape"),
+            (lambda unet, sch, x, t, c, u, s: guided_step(unet, sch, x.double(), t, c.double(), u.double(), s), DTYPE),
+            (lambda unet, sch, x, t, c, u, s: guided_step(unet, sch, x, t, u, c, s), "wrong way"),
         ]),
 }
