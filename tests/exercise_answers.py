@@ -221,7 +221,24 @@ def guided_step_notebook_scheduler(unet, scheduler, latents, t, cond, uncond, sc
     return guided_step(unet, sd.checks.ch7._scheduler("ddim", 20), latents, t, cond, uncond, scale)
 
 
+def unet_input_shape(batch, height, width, scale):
+    return (2 * batch if scale > 1 else batch, 4, height // 4, width // 4)
+
+
 ANSWERS: dict[str, Answers] = {
+    "check_unet_input_shape": Answers(
+        unet_input_shape,
+        also_right=[lambda b, h, w, s: torch.Size([b * (1 + (s != 1)), 4, h // 4, w // 4]),
+                    lambda b, h, w, s: [b * (2 if s > 1 else 1), 4, h / 4, w / 4]],
+        fragile=[
+            (lambda b, h, w, s: (2, 4, 16, 16), "same numbers for other inputs"),  # copied from the trace
+            (lambda b, h, w, s: (2 * b, 4, h // 4, w // 4), "skips the unconditional"),
+            (lambda b, h, w, s: (2 * b, 4, 16, 16), "off by"),  # the trace's canvas for any picture size
+            (lambda b, h, w, s: (2 * b if s > 1 else b, 4, h // 8, w // 8), "8 is Stable Diffusion 1's"),
+            (lambda b, h, w, s: (2 * b if s > 1 else b, 4, w // 4, h // 4), "height comes before the width"),
+            (lambda b, h, w, s: (b, 4, h // 4, w // 4), "two copies"),
+        ],
+        tensor_inputs=False),
     "check_alphas_cumprod": Answers(
         alphas_cumprod,
         also_right=[lambda b: (1 - b).numpy().cumprod(), lambda b: torch.cumprod(1 - b.float(), 0).to(b.dtype),
