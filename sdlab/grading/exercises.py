@@ -3,9 +3,15 @@
 A chapter's exercise is a pair of cells: the answer cell (nbgrader ``solution: true``, tagged
 ``hide-input`` so that the website folds the solution away) and, after it, the check cell
 (``grade: true``, ``locked: true``) that calls ``sd.checks.check_<name>(<function>)``. The
-check cell's ``points`` is the one place an exercise's points are set. The grader reads all of
-this from the course's own notebooks, never from a submission, so editing a submission's
-metadata changes nothing.
+check cell's ``points`` is the one place an exercise's points are set, and the answer cell's
+``sdlab.course_calls`` says what an answer that calls the course's own functions gets (``note``, the
+default: its points and a note in the feedback; ``fail``: no points; ``allow``: nothing said). The
+grader reads all of this from the course's own notebooks, never from a submission, so editing a
+submission's metadata changes nothing.
+
+The grader also reads the submitted answer cells themselves, in its own process, for what a
+formula never needs: the course's functions (:func:`course_names`), and the tools that reach into
+the process running them (:func:`introspection`).
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["GradedExercise", "Found", "course_notebooks", "exercises_of", "find_answers", "which_chapter"]
+__all__ = ["GradedExercise", "Found", "course_notebooks", "exercises_of", "find_answers", "which_chapter",
+           "course_names", "introspection", "COURSE_CALLS"]
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+COURSE_CALLS = ("note", "fail", "allow")  # what an answer that calls the course's own functions gets
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class GradedExercise:
     function: str  # "my_add_noise": the name the answer cell defines
     points: float
     hint: str
+    course_calls: str = "note"  # one of COURSE_CALLS
 
 
 def _nbgrader(cell) -> dict:
@@ -64,9 +73,14 @@ def exercises_of(chapter: str, nb: nbformat.NotebookNode) -> list[GradedExercise
             if answer is None or call is None:
                 raise ValueError(f"{chapter}: check cell {index} must follow an answer cell and call a check")
             answer_index, answer_cell = answer
+            settings = answer_cell.metadata.get("sdlab", {})
+            course_calls = settings.get("course_calls", "note")
+            if course_calls not in COURSE_CALLS:
+                raise ValueError(f"{chapter}: answer cell {answer_index} has sdlab.course_calls {course_calls!r}; "
+                                 f"use one of {', '.join(COURSE_CALLS)}")
             found.append(GradedExercise(
                 chapter, _nbgrader(answer_cell)["grade_id"], meta["grade_id"], answer_index, index, call[0], call[1],
-                float(meta.get("points", 0)), answer_cell.metadata.get("sdlab", {}).get("hint", "")))
+                float(meta.get("points", 0)), settings.get("hint", ""), course_calls))
             answer = None
     return found
 
@@ -138,3 +152,109 @@ def which_chapter(submission: nbformat.NotebookNode, filename: str,
         if Path(filename).stem.startswith(chapter[:3]) and chapters[chapter]:
             return chapter
     return None
+
+
+# ----------------------------------------------------------------------------- what an answer cell uses
+
+# Tools no formula needs, and a submission that patches the grader's process does (found through gc or a
+# frame, rebuilt with exec...). Dotted names match themselves and what lies under them.
+SUSPICIOUS = ("gc", "inspect", "ctypes", "importlib", "marshal", "sys._getframe", "sys._current_frames",
+              "sys.settrace", "sys.setprofile", "sys.modules", "exec", "eval", "compile", "__import__", "globals",
+              "__builtins__", "os.write", "os.dup2", "os.fdopen", "os.kill", "signal.signal", "signal.setitimer",
+              "signal.alarm", "signal.pthread_sigmask", "sdlab.grading")
+SUSPICIOUS_ATTRIBUTES = ("__code__", "__globals__", "__subclasses__", "f_back", "f_locals", "f_globals",
+                         "gi_frame", "tb_frame")
+
+
+def _tree(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(_without_magics(source))
+    except SyntaxError:
+        return None
+
+
+def _aliases(tree: ast.AST) -> dict[str, str]:
+    """Local names bound to the course's package in a cell, as dotted paths: {"sd": "sdlab", "F": "sdlab.x.F"}."""
+    aliases = {"sd": "sdlab", "sdlab": "sdlab"}  # the chapters' own `import sdlab as sd`
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "sdlab":
+                    aliases[alias.asname or "sdlab"] = alias.name if alias.asname else "sdlab"
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "sdlab":
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return aliases
+
+
+def _dotted(node: ast.AST, aliases: dict[str, str] | None = None) -> str | None:
+    """"sys._getframe" for sys._getframe; a name bound to the course's package is spelt out ("sdlab.schedules")."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    root = (aliases or {}).get(node.id, node.id)
+    return ".".join([root, *reversed(parts)])
+
+
+def _outermost_chains(tree: ast.AST, aliases: dict[str, str]) -> list[str]:
+    """Every dotted name in the tree, longest form only (sd.schedules.make_betas, not also sd.schedules)."""
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    chains = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute | ast.Name) and id(node) not in inner:
+            chain = _dotted(node, aliases)
+            if chain and chain not in chains:
+                chains.append(chain)
+    return chains
+
+
+def course_names(source: str, function: str) -> list[str]:
+    """The course's own names (``sdlab.schedules.NoiseSchedule``) that the code of ``function`` refers to."""
+    tree = _tree(source)
+    if tree is None:
+        return []
+    aliases = _aliases(tree)
+    bodies = [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+              and node.name == function]
+    bodies += [node.value for node in tree.body if isinstance(node, ast.Assign)
+               and any(isinstance(t, ast.Name) and t.id == function for t in node.targets)]
+    found = []
+    for body in bodies:
+        found += [chain for chain in _outermost_chains(body, aliases)
+                  if chain.startswith("sdlab.") and chain not in found]
+    return found
+
+
+def introspection(source: str) -> list[str]:
+    """What a cell uses of :data:`SUSPICIOUS`: the tools that read or patch the process the cell runs in.
+
+    Also the course's checks beyond their ``check_*`` functions (their answer tables), and paths under /proc.
+    """
+    tree = _tree(source)
+    if tree is None:
+        return []
+    found: list[str] = []
+
+    def add(name: str) -> None:
+        if name and name not in found:
+            found.append(name)
+
+    aliases = _aliases(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for module in modules:
+                add(next((s for s in SUSPICIOUS if module == s or module.startswith(s + ".")), ""))
+        elif isinstance(node, ast.Attribute) and node.attr in SUSPICIOUS_ATTRIBUTES:
+            add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/proc"):
+            add("/proc")
+    for chain in _outermost_chains(tree, aliases):
+        if any(chain == s or chain.startswith(s + ".") for s in SUSPICIOUS):
+            add(next(s for s in SUSPICIOUS if chain == s or chain.startswith(s + ".")))
+        elif chain.startswith("sdlab.checks.") and not chain.split(".")[2].startswith("check_"):
+            add(".".join(chain.split(".")[:3]))
+    return found
