@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdlab.data import ANIMALS, COLOURS, POSITIONS, SIZES, SceneSpec
+from sdlab.data import ANIMALS, ATTRIBUTES, COLOURS, POSITIONS, SIZES, SceneSpec
 from sdlab.random import rand, randint
 from sdlab.validation import number_in_range
 
@@ -78,10 +78,10 @@ def _phrases(size: str | None, where: str | None, background: str | None) -> dic
 
 
 def _labels(labels: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-    missing = sorted({"animal", "colour", "background", "size", "position"} - set(labels))
+    missing = sorted(set(ATTRIBUTES) - set(labels))
     if missing:
         raise ValueError(f"labels must hold animal, colour, background, size and position; missing {missing}")
-    return {k: [int(v) for v in labels[k].tolist()] for k in ("animal", "colour", "background", "size", "position")}
+    return {k: [int(v) for v in labels[k].tolist()] for k in ATTRIBUTES}
 
 
 def _say(choice: list[int], *, animal: str, colour: str | None, background: str | None, size: str | None,
@@ -147,7 +147,7 @@ class Wording:
     held_out: bool = False  # True: a construction `paraphrase` never produces
 
 
-_ALL = ("animal", "colour", "background", "size", "position")
+_ALL = tuple(ATTRIBUTES)
 FAMILIES: tuple[Wording, ...] = (
     Wording("canonical", _ALL, "a {size} {colour} {animal} {where}, {background} background"),
     Wording("colour after", _ALL, "a {colour} {animal}, {size}, {where}, {background} background"),

@@ -32,6 +32,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from sdlab.data import ATTRIBUTES as _ATTRIBUTES
 from sdlab.data import SCENES as _SCENES
 from sdlab.validation import number_in_range, one_of, positive_int
 
@@ -299,7 +300,7 @@ def contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- measuring what it learned
 
-ATTRIBUTES = ("animal", "colour", "background", "size", "position")
+ATTRIBUTES = tuple(_ATTRIBUTES)  # the names alone: sd.data.ATTRIBUTES
 
 
 def _tokenize(prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,7 +48,7 @@ from sdlab.silhouettes import (
 from sdlab.validation import int_in_range, one_of
 
 __all__ = [
-    "ANIMALS", "COLOURS", "COLOUR_RGB", "SIZES", "SIZE_FRACTIONS", "POSITIONS", "HELD_OUT",
+    "ATTRIBUTES", "ANIMALS", "COLOURS", "COLOUR_RGB", "SIZES", "SIZE_FRACTIONS", "POSITIONS", "HELD_OUT",
     "TRAIN_PER_CLASS", "TEST_PER_CLASS", "SHAPES", "SCENES", "SceneSpec", "SceneBatch", "load_silhouettes",
     "make_scenes", "render_scenes", "make_silhouette_batch", "silhouette_indices",
 ]
@@ -67,6 +67,9 @@ COLOUR_RGB = MappingProxyType({
 SIZES: tuple[str, ...] = get_args(Size)
 SIZE_FRACTIONS = MappingProxyType({"small": 7 / 16, "large": 11 / 16})  # side of the animal's square / R
 POSITIONS: tuple[str, ...] = get_args(Position)
+# the five things every scene is labelled with, in this order, and the names each one can take
+ATTRIBUTES = MappingProxyType({"animal": ANIMALS, "colour": COLOURS, "background": COLOURS, "size": SIZES,
+                               "position": POSITIONS})
 # (animal, colour) pairs kept out of training: every animal and every colour still appears.
 HELD_OUT: tuple[tuple[str, str], ...] = (
     ("bear", "green"), ("bird", "white"), ("cat", "blue"), ("cow", "orange"), ("dog", "yellow"),
@@ -142,7 +145,7 @@ class SceneBatch:
     @property
     def labels(self) -> dict[str, torch.Tensor]:
         """The five label tensors by name."""
-        return {k: getattr(self, k) for k in ("animal", "colour", "background", "size", "position")}
+        return {k: getattr(self, k) for k in ATTRIBUTES}
 
     def specs(self) -> list[SceneSpec]:
         """The scenes as ``SceneSpec`` objects."""

@@ -21,14 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdlab.data import ANIMALS, COLOURS, POSITIONS, SCENES, SIZES, SceneBatch, SceneSpec, make_scenes
+from sdlab.data import ATTRIBUTES, SCENES, SceneBatch, SceneSpec, make_scenes
 from sdlab.random import rand, randint, randn_tensor, seeded_global_rng
 from sdlab.validation import number_in_range, positive_int
 
 __all__ = ["ATTRIBUTES", "AttributeJudge", "degrade", "judge_batch", "judge_loss", "train_judge", "predict",
            "judge_accuracy", "agreement", "describe", "disagreements", "features"]
 
-ATTRIBUTES = {"animal": ANIMALS, "colour": COLOURS, "background": COLOURS, "size": SIZES, "position": POSITIONS}
 
 
 class AttributeJudge(nn.Module):

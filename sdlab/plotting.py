@@ -20,6 +20,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from sdlab.data import ATTRIBUTES
 from sdlab.images import to_numpy_image
 from sdlab.random import randn_tensor
 from sdlab.schedules import NoiseSchedule
@@ -523,7 +524,7 @@ def plot_wording_adherence(rows: dict[str, dict[str, float]], *, title: str | No
     """
     if not isinstance(rows, dict) or not rows:
         raise ValueError("rows must be a non-empty {family: {attribute: share}} dict, as wording_adherence returns")
-    columns = [c for c in ("animal", "colour", "background", "size", "position", "all")
+    columns = [c for c in (*ATTRIBUTES, "all")
                if any(c in row for row in rows.values())]
     values = np.array([[rows[f].get(c, np.nan) for c in columns] for f in rows], dtype=float)
     fig, axes = _subplots(1, 1, figsize=(BOOK_WIDTH, 0.9 + 0.26 * len(rows)))

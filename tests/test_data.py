@@ -301,3 +301,13 @@ def test_clear_shapes_are_a_subset_of_each_split_and_scenes_paint_only_them():
 def test_the_second_half_scenes_are_64_pixels_with_detail_and_clear_shapes():
     assert dict(sd.data.SCENES) == {"resolution": 64, "shading": "detail", "shapes": "clear"}
     assert sd.clip.SCENES is sd.data.SCENES
+
+
+def test_the_five_attributes_have_one_home_and_every_part_reads_it():
+    assert tuple(sd.data.ATTRIBUTES) == ("animal", "colour", "background", "size", "position")
+    assert sd.data.ATTRIBUTES["background"] == sd.data.COLOURS and sd.data.ATTRIBUTES["animal"] == sd.data.ANIMALS
+    assert sd.judge.ATTRIBUTES is sd.data.ATTRIBUTES and sd.clip.ATTRIBUTES == tuple(sd.data.ATTRIBUTES)
+    scenes = sd.data.make_scenes(2, generator=torch.Generator().manual_seed(0))
+    assert tuple(scenes.labels) == tuple(sd.data.ATTRIBUTES)
+    with pytest.raises(TypeError):
+        sd.data.ATTRIBUTES["animal"] = ("unicorn",)  # read-only: one list for every part of the course
