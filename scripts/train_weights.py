@@ -226,7 +226,7 @@ def train_clip(name: str, recipe: CLIPRecipe, run: Run = Run()) -> dict:
     if recipe.frozen_text:
         model.text_model.requires_grad_(False)
         model.text_projection.requires_grad_(False)
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained = sd.unet.count_parameters(model, trainable_only=True)
     print(f"{name}: {trained:,} parameters trained{', from ' + str(first[0]) if first else ''}\n{config}")
     data = functools.partial(sd.clip.clip_batch, hard_fraction=recipe.hard_fraction,
                              swap_fraction=recipe.swap_fraction, drop=recipe.drop, drop_colour=recipe.drop_colour)

@@ -11,6 +11,7 @@ from sdlab.checks.core import Answer, Case, Exercise, generator, randint
 __all__ = ["check_unet_input_shape"]
 
 CHANNELS, FACTOR = 4, 4  # the course's autoencoder: 4 latent channels, each side 4 times shorter
+SD_FACTOR = 8  # Stable Diffusion 1's autoencoder: each side 8 times shorter
 
 
 def _cases(seed: int) -> list[Case]:
@@ -32,22 +33,23 @@ def _shape(batch: int, channels: int, height: int, width: int) -> torch.Tensor:
 def _answer(case: Case) -> Answer:
     batch, height, width, scale = case.args
     copies = 2 * batch if scale > 1 else batch
+    h, w = height // FACTOR, width // FACTOR  # the canvas's sides
     slips = [
         ("the course's autoencoder makes each side 4 times shorter (64 → 16 pixels); 8 is Stable "
-         "Diffusion 1's factor", _shape(copies, CHANNELS, height // 8, width // 8)),
-        ("the canvas has 4 latent channels, not the picture's 3 colours", _shape(copies, 3, height // 4, width // 4)),
+         "Diffusion 1's factor", _shape(copies, CHANNELS, height // SD_FACTOR, width // SD_FACTOR)),
+        ("the canvas has 4 latent channels, not the picture's 3 colours", _shape(copies, 3, h, w)),
         ("that is the picture's shape: the U-Net works on the smaller latent canvas",
          _shape(batch, 3, height, width)),
         ("the height comes before the width, as in (batch, channels, height, width)",
-         _shape(copies, CHANNELS, width // 4, height // 4) if height != width else None),
+         _shape(copies, CHANNELS, w, h) if height != width else None),
     ]
     if scale > 1:
         slips.append(("with guidance the U-Net sees two copies of each canvas at once, one with the prompt and one "
-                      "without", _shape(batch, CHANNELS, height // 4, width // 4)))
+                      "without", _shape(batch, CHANNELS, h, w)))
     else:
         slips.append(("at guidance scale 1 there is nothing to compare: the pipeline skips the unconditional "
-                      "copy", _shape(2 * batch, CHANNELS, height // 4, width // 4)))
-    return Answer(_shape(copies, CHANNELS, height // FACTOR, width // FACTOR), slips,
+                      "copy", _shape(2 * batch, CHANNELS, h, w)))
+    return Answer(_shape(copies, CHANNELS, h, w), slips,
                   what="the shape (batch, channels, height, width)")
 
 
